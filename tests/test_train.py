@@ -1,0 +1,127 @@
+"""The training loop: metrics, schedule, reproducibility, resume, distributed shards."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from toynet.data import load_dataset
+from toynet.spec import RunSpec
+from toynet.train import Hooks, TrainOptions, evaluate, fit
+
+SPEC = RunSpec(dataset="digits", bn=True, batch_size=32, transforms="basic", epochs=3, seed=7)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_digits_with_bn_learns_and_metrics_are_consistent(digits):
+    result = fit(SPEC, digits, TrainOptions(device="cpu"))
+    assert [row["epoch"] for row in result.curve] == [1, 2, 3]
+    assert result.final["val_acc"] > 0.9, result.curve
+    # The reported val metrics are true per-sample means over the whole split.
+    again = evaluate(result.model, digits, SPEC.transforms)
+    assert again["val_acc"] == pytest.approx(result.final["val_acc"], abs=1e-12)
+    assert again["val_loss"] == pytest.approx(result.final["val_loss"], rel=1e-6)
+    assert all(row["train_images"] == len(digits.train_y) for row in result.curve)
+    assert result.train_images_per_s > 0
+
+
+def test_learning_rate_follows_cosine_annealing_per_epoch(digits):
+    spec = RunSpec(dataset="digits", bn=True, batch_size=64, transforms="none", epochs=4, lr=0.05)
+    result = fit(spec, digits)
+    expected = [0.05 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert [row["lr"] for row in result.curve] == pytest.approx(expected)
+
+
+def test_same_seed_same_metrics_and_weights(digits):
+    a = fit(SPEC, digits)
+    b = fit(SPEC, digits)
+    assert _curves_equal(a.curve, b.curve)
+    assert _same_weights(a.model, b.model)
+    c = fit(RunSpec(**{**SPEC.to_dict(), "seed": 8}), digits)
+    assert not _same_weights(a.model, c.model)
+
+
+def _curves_equal(a: list[dict], b: list[dict]) -> bool:
+    keys = ("epoch", "loss", "acc", "val_loss", "val_acc", "lr", "train_images")
+    return [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+
+
+def test_resume_from_a_checkpoint_replays_the_uninterrupted_run(digits, tmp_path):
+    from toynet.checkpoint import atomic_torch_save, safe_torch_load
+
+    states: dict[int, dict] = {}
+    full = fit(SPEC, digits, hooks=Hooks(on_epoch=lambda e, row, state: states.setdefault(e, state)))
+    # Round-trip through a file as the Ray layer does (weights_only load).
+    atomic_torch_save(states[1], tmp_path / "state.pt")
+    resumed = fit(SPEC, digits, resume=safe_torch_load(tmp_path / "state.pt"))
+    assert _curves_equal(full.curve, resumed.curve)
+    assert _same_weights(full.model, resumed.model)
+
+
+def test_checkpoint_of_another_run_is_refused(digits):
+    from toynet.errors import WeightsError
+
+    states: dict[int, dict] = {}
+    fit(RunSpec(**{**SPEC.to_dict(), "epochs": 1}), digits, hooks=Hooks(on_epoch=lambda e, r, s: states.update({e: s})))
+    with pytest.raises(WeightsError, match="does not belong"):
+        fit(SPEC, digits, resume=states[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, out: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        data = load_dataset("digits")
+        opts = TrainOptions(device="cpu", rank=rank, world_size=2)
+        result = fit(SPEC, data, opts, Hooks(wrap_model=DistributedDataParallel))
+        out[rank] = (result.curve, {k: v.clone() for k, v in result.model.state_dict().items()})
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_shard_the_data_and_aggregate_metrics(digits):
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_ddp_worker, args=(_free_port(), out), nprocs=2, join=True)
+    (curve0, weights0), (curve1, _) = out[0], out[1]
+    # Both ranks report the same, globally aggregated metrics.
+    assert _curves_equal(curve0, curve1)
+    assert all(row["train_images"] == len(digits.train_y) for row in curve0)
+    # The aggregated val metrics are those of the final model over the whole split.
+    model = fit(RunSpec(**{**SPEC.to_dict(), "epochs": 1}), digits).model
+    model.load_state_dict(weights0)
+    assert evaluate(model, digits, SPEC.transforms)["val_acc"] == pytest.approx(curve0[-1]["val_acc"], abs=1e-12)
+    assert curve0[-1]["val_acc"] > 0.85
+
+
+def test_toynet_never_imports_ray_or_pyarrow():
+    code = (
+        "import sys, toynet.train, toynet.data, toynet.model, toynet.transforms, toynet.checkpoint;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'pyarrow')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
