@@ -125,3 +125,43 @@ def test_toynet_never_imports_ray_or_pyarrow():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_single_run_cli_writes_metrics_and_plain_weights(tmp_path, capsys):
+    import json
+
+    from toynet import train
+    from toynet.model import ToyNet
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--train-limit", "300",
+            "--device", "cpu", "--out", str(out)]
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2/2" in printed and "train images/s" in printed
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["spec"]["train_limit"] == 300 and len(summary["curve"]) == 2
+    assert summary["final"]["val_acc"] == summary["curve"][-1]["val_acc"]
+    model = ToyNet(1, 10, bn=True)
+    model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))  # a plain state_dict
+    # A second run into the same directory would overwrite a result: refused.
+    before = (out / "weights.pt").read_bytes()
+    assert train.main(argv) == 2
+    assert "already holds a result" in capsys.readouterr().err
+    assert (out / "weights.pt").read_bytes() == before
+
+
+def test_gpu_code_paths_run_on_cpu(digits):
+    """channels_last and bf16 autocast are GPU speed options; they must work on CPU too."""
+    spec = RunSpec(dataset="digits", bn=True, batch_size=64, transforms="normal", epochs=1)
+    result = fit(spec, digits, TrainOptions(device="cpu", channels_last=True, bf16_autocast=True))
+    assert 0.0 <= result.final["val_acc"] <= 1.0 and math.isfinite(result.final["val_loss"])
+
+
+@pytest.mark.realdata
+def test_one_epoch_on_full_mnist_reaches_098(shared_data_dir):
+    """The issue's real-data check: BN, batch 32, transforms none, 1 epoch of full MNIST."""
+    data = load_dataset("mnist", shared_data_dir)
+    assert len(data.train_y) == 60_000 and len(data.val_y) == 10_000
+    result = fit(RunSpec(dataset="mnist", bn=True, batch_size=32, transforms="none", epochs=1), data)
+    assert result.final["val_acc"] >= 0.98, result.final

@@ -364,6 +364,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--data-dir", default=None, help="dataset root (default: $TOYNET_DATA, then the user cache)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU speed)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast; changes numerics, off by default")
     p.add_argument("--out", default=None, help="output directory (default: toynet-runs/<run id>)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
@@ -406,7 +408,8 @@ def _main(argv: Sequence[str] | None) -> int:
     def show(epoch: int, row: dict[str, float], _state: dict[str, Any]) -> None:
         print(f"epoch {epoch:>3}/{spec.epochs} {_fmt(row)}", flush=True)
 
-    result = fit(spec, data, TrainOptions(device=args.device), Hooks(on_epoch=show))
+    opts = TrainOptions(device=args.device, channels_last=args.channels_last, bf16_autocast=args.bf16)
+    result = fit(spec, data, opts, Hooks(on_epoch=show))
     _write_outputs(out, result)
     print(f"{result.train_images_per_s:,.0f} train images/s on {result.device}; wrote {out}")
     return 0
