@@ -1,0 +1,142 @@
+"""Run a ToyNet grid on Ray: ``python orchestration/grid.py [--config FILE] [overrides]``.
+
+Steps, in order, so that every user mistake is caught before Ray starts:
+validate the config and flags → resolve and probe the artifacts root → skip runs the
+store already holds complete → check the data is there (and warm the node's cache)
+→ join or start Ray → check the cluster can place a trial → run one Tune trial per
+missing grid point → print the seed-style summary. Exit status: 0 when every run is
+complete, 1 when any failed, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestration.config import DEFAULT_CONFIG, GridConfig, Overrides, apply_overrides, load_config  # noqa: E402
+from orchestration.plan import ResourcePlan, local_resources, resolve_artifacts_root  # noqa: E402
+from orchestration.store import ArtifactStore  # noqa: E402
+from toynet.cli import ArgumentParser, run_main, setup_logging  # noqa: E402
+from toynet.data import load_dataset  # noqa: E402
+from toynet.errors import ConfigError  # noqa: E402
+from toynet.spec import RunSpec  # noqa: E402
+
+log = logging.getLogger("orchestration.grid")
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="orchestration/grid.py", description="Run a ToyNet grid on Ray Tune + Ray Train.")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="grid YAML (default: configs/seed.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and the resource plan, start nothing")
+    p.add_argument("--experiment", help="experiment name in the store")
+    p.add_argument("--artifacts", help="store root: a directory or a pyarrow.fs URI (s3://...)")
+    p.add_argument("--workers-per-trial", type=int)
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpus-per-worker", type=float, help="fractions let several trials share a GPU")
+    p.add_argument("--max-concurrent-trials", type=int, help="default: as many as the cluster fits")
+    p.add_argument("--placement-strategy", help="PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+    p.add_argument("--data-dir", help="dataset root (default: $TOYNET_DATA, then the user cache)")
+    p.add_argument("--download", action="store_true", default=None, help="allow dataset downloads")
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--val-limit", type=int)
+    p.add_argument("--epochs", type=int, help="set every run's epochs")
+    p.add_argument("--max-retries", type=int, help="restarts of a failing run before it is recorded failed")
+    p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress reports")
+    # Test-only fault injection, hidden from --help (see _parse_fault).
+    p.add_argument("--inject-fault", help=argparse.SUPPRESS, default=None)
+    return p
+
+
+def _overrides(args: Any) -> Overrides:
+    names = ("experiment", "artifacts", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
+             "max_concurrent_trials", "placement_strategy", "data_dir", "download", "train_limit",
+             "val_limit", "max_retries", "epochs")
+    return Overrides(**{n: getattr(args, n) for n in names})
+
+
+def _check_data(cfg: GridConfig) -> None:
+    """Load each dataset once on this node: missing data fails here, before Ray starts."""
+    seen: set[tuple] = set()
+    for spec in cfg.runs:
+        key = (spec.dataset, spec.train_limit, spec.val_limit)
+        if key not in seen:
+            seen.add(key)
+            data = load_dataset(spec.dataset, cfg.data.dir, download=cfg.data.download,
+                                train_limit=spec.train_limit, val_limit=spec.val_limit)
+            log.info("dataset %s ready: %d train / %d val", spec.dataset, len(data.train_y), len(data.val_y))
+
+
+def _print_runs(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec]) -> None:
+    todo = {s.run_id for s in pending}
+    print(f"{len(cfg.runs)} runs in {cfg.source} (experiment {cfg.storage.experiment!r}, "
+          f"{len(cfg.runs) - len(todo)} already complete in {store.root}):")
+    for spec in cfg.runs:
+        state = "todo" if spec.run_id in todo else "done"
+        print(f"  {state}  {spec.run_id}")
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging()
+    fault = _parse_fault(args.inject_fault)
+    cfg = apply_overrides(load_config(args.config), _overrides(args))
+    root = resolve_artifacts_root(cfg.storage.artifacts)
+    store = ArtifactStore(root)
+    pending = [s for s in cfg.runs if not store.is_complete(cfg.storage.experiment, s.run_id)]
+    if args.dry_run:
+        plan = ResourcePlan.build(cfg.resources, local_resources(), len(pending))
+        _print_runs(cfg, store, pending)
+        print(plan.describe("this machine"))
+        return 0
+    _print_runs(cfg, store, pending)
+    if not pending:
+        print("nothing to do: every run is already complete")
+        return _summarise(cfg, store)
+    _check_data(cfg)
+    store.check_writable()  # after every input check: a failed check leaves no empty root behind
+    from orchestration.tuning import run_on_ray  # imports ray: only after input is validated
+
+    run_on_ray(cfg, store, pending, progress_interval=args.progress_interval, fault=fault)
+    return _summarise(cfg, store)
+
+
+def _parse_fault(text: str | None) -> dict[str, Any] | None:
+    """Parse the test-only ``--inject-fault epoch=N,run=ID_PART,once=FILE|always=1,log=FILE``."""
+    if not text:
+        return None
+    fault: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in ("epoch", "run", "once", "always", "log"):
+            raise ConfigError(f"--inject-fault: unknown key {key!r}; expected epoch, run, once, always, log")
+        fault[key] = int(value) if key == "epoch" else value
+    for key in ("once", "log"):
+        if key in fault:
+            fault[key] = str(Path(fault[key]).resolve())
+    if "epoch" not in fault or ("once" in fault) == ("always" in fault):
+        raise ConfigError("--inject-fault needs epoch=N and exactly one of once=FILE or always=1")
+    return fault
+
+
+def _summarise(cfg: GridConfig, store: ArtifactStore) -> int:
+    from orchestration.summary import grid_summary
+
+    text, failed = grid_summary(store, cfg.storage.experiment, [s.run_id for s in cfg.runs])
+    print(text)
+    print(f"artifacts: {store.root}/{cfg.storage.experiment}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``orchestration/grid.py`` and the ``toynet-grid`` script."""
+    return run_main(_body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

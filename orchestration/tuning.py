@@ -1,0 +1,153 @@
+"""Join or start Ray, check the cluster, and run the grid's trials with a Ray Tune Tuner.
+
+One Tune trial per grid point; each trial's function trainable
+(:func:`orchestration.ray_train.driver`) drives a Ray Train ``TorchTrainer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from orchestration.config import GridConfig
+from orchestration.plan import DRIVER_RESOURCES, ClusterResources, ResourcePlan, join_root
+from orchestration.progress import GridProgress
+from orchestration.ray_train import driver
+from orchestration.store import ArtifactStore
+from toynet.errors import ConfigError
+from toynet.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RaySettings:
+    """Settings that cut per-trial overhead (measured in benchmarks/orchestration.py).
+
+    - ``reuse_actors``: Tune keeps the driver trainable's process between trials.
+    - ``health_check_interval_s``: how often Train polls its workers; every per-epoch
+      report waits for a poll (Ray's default is 2 s).
+    - ``preload_modules``: modules Ray's idle worker processes import before they are
+      handed out (Ray's ``preload_python_modules``). Off by default: measured here,
+      preloading torch made trials slower (idle workers are restarted and re-import
+      torch in the background, competing for the CPUs the trials need).
+    """
+
+    reuse_actors: bool = True
+    health_check_interval_s: float = 0.1
+    preload_modules: tuple[str, ...] = ()
+
+
+def connect(settings: RaySettings = RaySettings()) -> str:
+    """Join the cluster named by RAY_ADDRESS or started by ``ray start``, else start one.
+
+    Returns a sentence saying which it did.
+    """
+    # Read by the Train controller from the driver's environment at fit() time.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(settings.health_check_interval_s)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"joined the Ray cluster at {address}"
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        return "joined the Ray cluster running on this machine (started with `ray start`)"
+    except ConnectionError:
+        pass
+    # A private cluster for this run: the dashboard (needed to clean up the placement
+    # groups of stopped trials) listens on 127.0.0.1 only.
+    system_config = {"preload_python_modules": list(settings.preload_modules)} if settings.preload_modules else {}
+    ray.init(dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True, _system_config=system_config)
+    return f"started a local Ray instance with {ray.cluster_resources().get('CPU', 0):g} CPUs"
+
+
+def cluster_resources() -> ClusterResources:
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [n["Resources"].get("CPU", 0.0) for n in nodes]
+    gpus = [n["Resources"].get("GPU", 0.0) for n in nodes]
+    return ClusterResources(sum(cpus), sum(gpus), len(nodes), max(cpus, default=0), max(gpus, default=0))
+
+
+@ray.remote(num_cpus=0)
+def _probe_store(root: str) -> str | None:
+    try:
+        ArtifactStore(root).check_writable()
+    except Exception as exc:  # report, don't raise: the caller names the node
+        return str(exc)
+    return None
+
+
+def check_nodes_can_write(root: str) -> None:
+    """Every alive node must be able to write the store root (shared storage)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probes = {
+        n["NodeManagerAddress"] + ":" + n["NodeID"][:8]: _probe_store.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(root)
+        for n in nodes
+    }
+    for node, ref in probes.items():
+        error = ray.get(ref)
+        if error:
+            raise ConfigError(f"node {node} cannot write the artifacts root: {error}; use storage every node shares")
+
+
+def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] | None) -> dict[str, Any]:
+    """The Tune config of one trial: everything its driver and workers need."""
+    data_dir = str(Path(cfg.data.dir).expanduser().resolve()) if cfg.data.dir else None
+    return {
+        "run_id": spec.run_id,
+        "experiment": cfg.storage.experiment,
+        "artifacts": root,
+        "ray_storage": join_root(root, ".ray", cfg.storage.experiment),
+        "resources": dataclasses.asdict(cfg.resources),
+        "max_retries": cfg.failure.max_retries,
+        "worker": {
+            "spec": spec.to_dict(),
+            "data_dir": data_dir,
+            "download": cfg.data.download,
+            "cache_dir": os.environ.get("TOYNET_CACHE"),
+            "train_options": {},
+            "fault": fault,
+        },
+    }
+
+
+def run_on_ray(
+    cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec], *,
+    progress_interval: float = 15.0, fault: dict[str, Any] | None = None, settings: RaySettings = RaySettings(),
+) -> GridProgress:
+    """Train every pending run on Ray; results land in ``store``. Shuts Ray down after.
+
+    Returns the progress tracker, whose timestamps the benchmarks read.
+    """
+    print(connect(settings), flush=True)
+    try:
+        plan = ResourcePlan.build(cfg.resources, cluster_resources(), len(pending))
+        print(plan.describe("the cluster"), flush=True)
+        check_nodes_can_write(store.root)
+        points = [grid_point(cfg, spec, store.root, fault) for spec in pending]
+        progress = GridProgress({s.run_id: s for s in pending}, interval_s=progress_interval)
+        tuner = tune.Tuner(
+            tune.with_resources(driver, DRIVER_RESOURCES),
+            param_space={"grid_point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=settings.reuse_actors),
+            run_config=tune.RunConfig(
+                name=cfg.storage.experiment,
+                storage_path=join_root(store.root, ".ray", "tune"),
+                verbose=0,
+                callbacks=[progress],
+                failure_config=tune.FailureConfig(max_failures=cfg.failure.max_retries),
+            ),
+        )
+        tuner.fit()
+        return progress
+    finally:
+        ray.shutdown()
