@@ -69,3 +69,18 @@ def test_progress_text_counts_runs_and_estimates_time_left():
     text = progress.status_text()
     assert "1/2 done, 1 running, 0 pending" in text and "ETA unknown" not in text
     assert f"{second}: epoch 2/4 val_acc 0.5000" in text
+
+
+@pytest.mark.parametrize("config, runs", [("configs/seed.yaml", 38), ("configs/full.yaml", 288), ("configs/smoke.yaml", 4)])
+def test_dry_run_lists_every_run_and_the_plan_without_ray(config, runs, tmp_path, capsys):
+    import sys
+
+    from orchestration import grid
+
+    assert grid.main(["--config", config, "--dry-run", "--artifacts", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    listed = [ln.split()[1] for ln in out.splitlines() if ln.startswith("  todo ")]
+    assert len(listed) == len(set(listed)) == runs
+    assert f"resource plan on this machine: {runs} runs to train" in out
+    assert not (tmp_path / "a").exists()  # a dry run writes nothing
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
