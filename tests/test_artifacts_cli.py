@@ -61,8 +61,6 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_seed_order_reproduces_the_published_tables() -> None:
     """Shuffled seed rows sorted by seed_order come back in seed.md's order."""
     path = REPO / "configs" / "reference" / "seed_results.csv"
-    if not path.is_file():
-        pytest.skip("configs/reference/seed_results.csv not written yet")
     rows = list(csv.DictReader(path.open()))
     keys = [(r["dataset"], r["bn"] == "true", int(r["epochs"]), int(r["batch_size"]), r["transforms"]) for r in rows]
     shuffled = random.Random(0).sample(keys, len(keys))
@@ -177,8 +175,6 @@ def test_compare_csv_is_machine_readable(root: Path, reference: Path, capsys: py
 
 
 def test_compare_against_the_repository_seed_file(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not cmp.REFERENCE_SEED.is_file():
-        pytest.skip("configs/reference/seed_results.csv not written yet")
     code, out, _ = cli(capsys, "--root", str(root), "compare", "grid", "--reference", "seed")
     assert code == 0 and "| 0.9919 |" in out and "| 0.8028 |" in out
 

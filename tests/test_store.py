@@ -114,7 +114,7 @@ def one_thread():
 
 def test_load_model_reproduces_stored_val_acc_after_real_training(tmp_path: Path, one_thread: None) -> None:
     """Tiny real training on digits; the loaded weights give the stored val_acc again."""
-    train = pytest.importorskip("toynet.train")
+    from toynet import train
     from toynet.data import load_dataset
 
     spec = RunSpec(dataset="digits", bn=True, batch_size=32, transforms="none", epochs=3, seed=1,

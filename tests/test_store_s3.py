@@ -17,8 +17,8 @@ from tests.test_store import make_record, weights_for, write
 from toynet.errors import WeightsError
 from toynet.model import ToyNet
 
-pafs = pytest.importorskip("pyarrow.fs")
-moto_server = pytest.importorskip("moto.server")
+import moto.server as moto_server  # noqa: E402  (a test dependency: the [test] extra)
+import pyarrow.fs as pafs  # noqa: E402
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
