@@ -31,7 +31,7 @@ def _session_toynet_cache(tmp_path_factory):
 def shared_data_dir() -> Path:
     """The read-only real datasets (MNIST IDX, CIFAR-10 JPEG tarball); skips when absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+        pytest.skip(reason=f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
 
 
