@@ -31,7 +31,7 @@ from orchestration.store import ArtifactStore, RunRecord, collect_versions
 from toynet.checkpoint import atomic_torch_save, safe_torch_load
 from toynet.data import load_dataset
 from toynet.spec import RunSpec
-from toynet.train import Hooks, TrainOptions, fit
+from toynet.train import Hooks, TrainOptions, device_label, fit
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +101,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     opts = TrainOptions(device=str(device), rank=rank, world_size=world_size, **config["train_options"])
     hooks = Hooks(
-        on_epoch=_epoch_reporter(rank, _device_name(device), world_size),
+        on_epoch=_epoch_reporter(rank, device_label(device), world_size),
         wrap_model=(lambda m: ray.train.torch.prepare_model(m, move_to_device=False)) if world_size > 1 else None,
         before_epoch=_fault_hook(config.get("fault"), rank, spec.run_id),
     )
     fit(spec, data, opts, hooks, resume=_resume_state())
-
-
-def _device_name(device) -> str:
-    import torch
-
-    return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
 
 
 def _trainer(config: dict[str, Any], spec: RunSpec) -> TorchTrainer:
