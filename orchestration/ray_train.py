@@ -36,8 +36,6 @@ from toynet.train import Hooks, TrainOptions, device_label, fit
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-# Report polling: Ray's default (2 s) adds ~1.8 s to every epoch's report.
-HEALTH_CHECK_INTERVAL_S = "0.1"
 
 
 def _resume_state() -> dict[str, Any] | None:
@@ -142,7 +140,8 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     with its error and returns normally, so the rest of the grid carries on.
     """
     config = config["grid_point"]  # built by orchestration.tuning.grid_point
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    # Read by the Train controller from this (the driver's) environment at fit() time.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(config["health_check_interval_s"])
     spec = RunSpec.from_dict(config["worker"]["spec"])
     store = ArtifactStore(config["artifacts"])
     started = time.perf_counter()

@@ -50,8 +50,6 @@ def connect(settings: RaySettings = RaySettings()) -> str:
 
     Returns a sentence saying which it did.
     """
-    # Read by the Train controller from the driver's environment at fit() time.
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(settings.health_check_interval_s)
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -99,7 +97,8 @@ def check_nodes_can_write(root: str) -> None:
             raise ConfigError(f"node {node} cannot write the artifacts root: {error}; use storage every node shares")
 
 
-def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] | None) -> dict[str, Any]:
+def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] | None,
+               settings: RaySettings = RaySettings()) -> dict[str, Any]:
     """The Tune config of one trial: everything its driver and workers need."""
     data_dir = str(Path(cfg.data.dir).expanduser().resolve()) if cfg.data.dir else None
     return {
@@ -109,6 +108,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
         "ray_storage": join_root(root, ".ray", cfg.storage.experiment),
         "resources": dataclasses.asdict(cfg.resources),
         "max_retries": cfg.failure.max_retries,
+        "health_check_interval_s": settings.health_check_interval_s,
         "worker": {
             "spec": spec.to_dict(),
             "data_dir": data_dir,
@@ -133,7 +133,7 @@ def run_on_ray(
         plan = ResourcePlan.build(cfg.resources, cluster_resources(), len(pending))
         print(plan.describe("the cluster"), flush=True)
         check_nodes_can_write(store.root)
-        points = [grid_point(cfg, spec, store.root, fault) for spec in pending]
+        points = [grid_point(cfg, spec, store.root, fault, settings) for spec in pending]
         progress = GridProgress({s.run_id: s for s in pending}, interval_s=progress_interval)
         tuner = tune.Tuner(
             tune.with_resources(driver, DRIVER_RESOURCES),
