@@ -25,6 +25,7 @@ from typing import Any
 import ray.train
 import ray.train.torch
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
@@ -106,12 +107,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fit(spec, data, opts, hooks, resume=_resume_state())
 
 
+class _GridTrainer(TorchTrainer):
+    """``TorchTrainer`` that can leave out Train's Ray Data plumbing.
+
+    Ray Train 2.60 starts a ``DatasetManager`` actor for every run, Ray Datasets or
+    not: one more Python process per trial importing ``ray.train`` (1–2 CPU-s here).
+    ToyNet workers read the node-cached arrays, so a run without ``datasets`` drops
+    that callback. ``_create_default_callbacks`` is Ray's private hook (ray is pinned
+    to 2.60.x); tests/test_ray_grid.py checks that no ``DatasetManager`` starts.
+    """
+
+    def __init__(self, *args: Any, dataset_manager: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._dataset_manager = dataset_manager or bool(self.datasets)
+
+    def _create_default_callbacks(self) -> list[Any]:
+        callbacks = super()._create_default_callbacks()
+        if self._dataset_manager:
+            return callbacks
+        return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+
+
 def _trainer(config: dict[str, Any], spec: RunSpec) -> TorchTrainer:
     res = config["resources"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if res["gpus_per_worker"] else {})}
     per_worker.update(res.get("custom_per_worker") or {})
-    return TorchTrainer(
+    return _GridTrainer(
         train_loop_per_worker,
+        dataset_manager=config["dataset_manager"],
         train_loop_config=config["worker"],
         scaling_config=ray.train.ScalingConfig(
             num_workers=res["workers_per_trial"],
@@ -140,8 +163,8 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     with its error and returns normally, so the rest of the grid carries on.
     """
     config = config["grid_point"]  # built by orchestration.tuning.grid_point
-    # Read by the Train controller from this (the driver's) environment at fit() time.
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(config["health_check_interval_s"])
+    # Train reads these from this (the driver's) environment at fit() time.
+    os.environ.update(config["train_env"])
     spec = RunSpec.from_dict(config["worker"]["spec"])
     store = ArtifactStore(config["artifacts"])
     started = time.perf_counter()

@@ -31,18 +31,47 @@ log = logging.getLogger(__name__)
 class RaySettings:
     """Settings that cut per-trial overhead (measured in benchmarks/orchestration.py).
 
+    On a small machine a trial's start-up is CPU-bound: Ray Train 2.60 starts about
+    seven Python processes per trial (controller, workers and helper actors), and each
+    pays for its imports. These settings remove what a grid of ToyNet runs never uses.
+
     - ``reuse_actors``: Tune keeps the driver trainable's process between trials.
     - ``health_check_interval_s``: how often Train polls its workers; every per-epoch
       report waits for a poll (Ray's default is 2 s).
+    - ``preemption_watcher``: Train's per-trial actor that watches for node preemption
+      (spot instances). Off: node loss is already handled by Train's bounded retries.
+    - ``train_metrics``: Train's Prometheus metrics for the dashboard. Off: progress.py
+      and the store record what a grid needs.
+    - ``dataset_manager``: Train's per-trial actor that shards Ray Datasets. Off when
+      a trial passes no Ray Dataset (ToyNet workers read the node-cached arrays).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
-      preloading torch made trials slower (idle workers are restarted and re-import
-      torch in the background, competing for the CPUs the trials need).
+      preloading torch made trials slower (every helper process then imports torch too,
+      competing for the CPUs the trials need).
     """
 
     reuse_actors: bool = True
     health_check_interval_s: float = 0.1
+    preemption_watcher: bool = False
+    train_metrics: bool = False
+    dataset_manager: bool = False
     preload_modules: tuple[str, ...] = ()
+
+    def train_env(self) -> dict[str, str]:
+        """Environment the driver sets before ``fit()``; Train reads it there and
+        passes the controller's part on to the controller."""
+        return {
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(self.health_check_interval_s),
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if self.preemption_watcher else "0",
+            "RAY_TRAIN_METRICS_ENABLED": "1" if self.train_metrics else "0",
+        }
+
+
+RAY_DEFAULTS = RaySettings(
+    reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
+    dataset_manager=True,
+)
+"""Ray 2.60's own behaviour, for the benchmark's comparison."""
 
 
 def connect(settings: RaySettings = RaySettings()) -> str:
@@ -108,7 +137,8 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
         "ray_storage": join_root(root, ".ray", cfg.storage.experiment),
         "resources": dataclasses.asdict(cfg.resources),
         "max_retries": cfg.failure.max_retries,
-        "health_check_interval_s": settings.health_check_interval_s,
+        "train_env": settings.train_env(),
+        "dataset_manager": settings.dataset_manager,
         "worker": {
             "spec": spec.to_dict(),
             "data_dir": data_dir,

@@ -62,6 +62,10 @@ def test_smoke_grid_via_ray_job_submit(ray_cluster, tmp_path):
     bn_none = next(r for r in runs if r["bn"] and r["transforms"] == "none")
     assert bn_none["val_acc"] > 0.9
     _assert_table_matches_store(out, store, "smoke")
+    # Train's helper actors that a ToyNet grid never uses were not started (per-trial overhead).
+    actors = ray_cluster.actor_classes()
+    assert {"TrainController", "RayTrainWorker"} <= actors
+    assert not actors & {"DatasetManager", "PreemptionWatcher"}, actors
 
     # Running the same grid again trains nothing and leaves the records untouched.
     before = {r["run_id"]: r["finished_at"] for r in runs}

@@ -1,0 +1,43 @@
+"""The settings that cut per-trial overhead reach Ray Train (no Ray instance needed)."""
+
+from __future__ import annotations
+
+import ray.train
+from ray.train.v2._internal.callbacks import DatasetsCallback
+
+from orchestration.config import load_config
+from orchestration.ray_train import _GridTrainer
+from orchestration.tuning import RAY_DEFAULTS, RaySettings, grid_point
+
+SMOKE = "configs/smoke.yaml"
+
+
+def _loop(config):  # never runs: only the trainer's callbacks are inspected
+    raise AssertionError("not called")
+
+
+def _has_dataset_manager(trainer: _GridTrainer) -> bool:
+    return any(isinstance(cb, DatasetsCallback) for cb in trainer._create_default_callbacks())
+
+
+def test_grid_point_carries_the_train_environment_and_the_dataset_switch():
+    cfg = load_config(SMOKE)
+    point = grid_point(cfg, cfg.runs[0], "/tmp/store", None, RaySettings())
+    assert point["train_env"] == {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_METRICS_ENABLED": "0",
+    }
+    assert point["dataset_manager"] is False
+    defaults = grid_point(cfg, cfg.runs[0], "/tmp/store", None, RAY_DEFAULTS)
+    assert defaults["train_env"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+    assert defaults["dataset_manager"] is True
+
+
+def test_the_dataset_manager_is_left_out_only_when_no_ray_dataset_is_passed():
+    scaling = ray.train.ScalingConfig(num_workers=1)
+    assert not _has_dataset_manager(_GridTrainer(_loop, scaling_config=scaling, dataset_manager=False))
+    assert _has_dataset_manager(_GridTrainer(_loop, scaling_config=scaling, dataset_manager=True))
+    # A run that does pass a Ray Dataset keeps Train's plumbing whatever the switch says.
+    with_data = _GridTrainer(_loop, scaling_config=scaling, dataset_manager=False, datasets={"train": lambda: None})
+    assert _has_dataset_manager(with_data)
