@@ -152,10 +152,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def write_json(name: str, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` to ``benchmarks/results/<name>.json``; return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_json(name: str, payload: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``payload`` to ``<results_dir>/<name>.json`` (default benchmarks/results); return the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(_jsonable(payload), indent=1) + "\n")
     return path
 

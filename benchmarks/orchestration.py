@@ -1,16 +1,25 @@
 """Orchestration overhead: what Ray Tune → Ray Train costs per trial, and grid efficiency.
 
 1. Per-trial overhead = seconds from Tune's trial start to the first epoch's report,
-   minus that epoch's own training+validation seconds, for trivial runs (a few dozen
-   digits, 1 epoch), two trials at a time on this machine. Variants side by side, each
-   with a fresh local Ray, interleaved over repeats:
-     - "ray defaults": Train's 2 s health-check poll, no reuse of the driver actor,
-       no preloaded modules;
-     - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings);
-     - "grid.py + preload torch": idle Ray workers import torch ahead of time.
-2. Smoke-grid efficiency = Σ(standalone wall time of each smoke run through
-   ``python -m toynet.train``) / (grid wall time × concurrent slots), the grid run as a
-   user runs it (``python orchestration/grid.py --config configs/smoke.yaml``).
+   minus that epoch's own training+validation seconds, for trivial runs (60 digits,
+   1 epoch). Each variant runs with a fresh local Ray, in two modes: one trial at a
+   time (3 trials in a row: a trial's latency) and two at a time (4 trials, the grid's
+   concurrency on this machine). "Slot-seconds per trial" is what each trial cost the
+   grid in all: (first trial start → last trial end) × concurrent slots, minus the
+   epochs, ÷ trials; it also counts Tune's gaps between trials and tear-downs.
+   Variants, interleaved over repeats:
+     - "ray defaults": Ray 2.60's own behaviour (2 s health-check poll, no reuse of
+       the driver actor, preemption watcher, Train metrics, a DatasetManager per run);
+     - "reuse + 0.1 s poll": only the first two settings changed (grid.py before
+       the helper actors were cut);
+     - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings).
+   ``--with-preload`` adds "grid.py + preload torch" (idle Ray workers import torch).
+2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
+   toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
+   it (``python orchestration/grid.py --config configs/smoke.yaml``), once as shipped
+   (5 epochs) and once with ``--epochs 40``. Standalone runs are timed two ways: on the
+   whole machine (2 torch threads) and in one slot (pinned to 1 CPU, 1 thread: what a
+   grid trial gets).
 
 Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/results/.
 """
@@ -26,90 +35,129 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._util import REPO_ROOT, format_header, log, machine_info, markdown_table, write_json  # noqa: E402
-from orchestration.config import DataOptions, load_config  # noqa: E402
+from orchestration.config import DataOptions, GridConfig, load_config  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
-from orchestration.tuning import RaySettings, run_on_ray  # noqa: E402
+from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: E402
 
 VARIANTS = {
-    "ray defaults": RaySettings(reuse_actors=False, health_check_interval_s=2.0),
+    "ray defaults": RAY_DEFAULTS,
+    "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True),
     "grid.py": RaySettings(),
-    "grid.py + preload torch": RaySettings(preload_modules=("torch",)),
 }
+PRELOAD = {"grid.py + preload torch": RaySettings(preload_modules=("torch",))}
+MODES = {"one at a time": (1, 3), "two at a time": (2, 4)}  # name → (concurrent, trials)
+SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
 
 
-def _trivial_config(trials: int):
-    """``trials`` distinct 1-epoch runs on 64 digits (validated through the normal config path)."""
-    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml")
+def _trivial_config(trials: int, concurrent: int) -> GridConfig:
+    """``trials`` distinct 1-epoch runs on 60 digits (validated through the normal config path)."""
+    cfg = load_config(SMOKE)
     spec = replace(cfg.runs[1], epochs=1, train_limit=60, val_limit=30)  # the BN run
     runs = tuple(replace(spec, seed=i) for i in range(trials))
-    return replace(cfg, runs=runs, data=DataOptions(train_limit=60, val_limit=30))
+    resources = replace(cfg.resources, max_concurrent_trials=concurrent)
+    return replace(cfg, runs=runs, resources=resources, data=DataOptions(train_limit=60, val_limit=30))
 
 
-def measure_overhead(settings: RaySettings, trials: int) -> list[float]:
-    """Seconds of overhead per trial (trial start → first report, minus the epoch itself)."""
-    cfg = _trivial_config(trials)
+def measure_overhead(settings: RaySettings, trials: int, concurrent: int) -> tuple[list[float], float]:
+    """Per-trial overhead samples (trial start → first report, minus the epoch itself),
+    and the slot-seconds each trial cost the grid: (first trial start → last trial end)
+    × concurrent slots, minus the epochs, ÷ trials. The second also counts Tune's gaps
+    between trials and each trial's tear-down, which the first does not see."""
+    cfg = _trivial_config(trials, concurrent)
     with tempfile.TemporaryDirectory() as root:
-        store = ArtifactStore(root)
-        progress = run_on_ray(cfg, store, list(cfg.runs), progress_interval=1e9, settings=settings)
-    return [
-        progress.first_result_at[r] - progress.started_at[r] - progress.first_epoch_seconds[r]
-        for r in progress.first_result_at
-    ]
+        p = run_on_ray(cfg, ArtifactStore(root), list(cfg.runs), progress_interval=1e9, settings=settings)
+    overheads = [p.first_result_at[r] - p.started_at[r] - p.first_epoch_seconds[r] for r in p.first_result_at]
+    span = max(p.finished_at.values()) - min(p.started_at.values())
+    return overheads, (span * concurrent - sum(p.first_epoch_seconds.values())) / trials
 
 
-def measure_efficiency() -> dict[str, float]:
-    """Σ standalone run time vs the smoke grid's wall time × its concurrent slots."""
-    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml")
-    standalone = []
+def _one_slot() -> None:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _wall(cmd: list[str], *, one_slot: bool = False) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if one_slot:
+        env["OMP_NUM_THREADS"] = "1"
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True, capture_output=True,
+                   preexec_fn=_one_slot if one_slot else None)
+    return time.perf_counter() - start
+
+
+def measure_efficiency(epochs: int | None) -> dict[str, Any]:
+    """Σ standalone run time (whole machine / one slot) vs the smoke grid's wall time × slots."""
+    cfg = load_config(SMOKE)
+    override = ["--epochs", str(epochs)] if epochs else []
+    machine, slot = [], []
     with tempfile.TemporaryDirectory() as out:
         for spec in cfg.runs:
-            args = ["--dataset", spec.dataset, "--bn" if spec.bn else "--no-bn", "--batch-size", str(spec.batch_size),
-                    "--transforms", spec.transforms, "--epochs", str(spec.epochs), "--device", "cpu",
-                    "--out", str(Path(out) / spec.run_id)]
-            standalone.append(_wall([sys.executable, "-m", "toynet.train", *args]))
-        grid = _wall([sys.executable, "orchestration/grid.py", "--config", "configs/smoke.yaml",
+            args = [sys.executable, "-m", "toynet.train", "--dataset", spec.dataset, "--bn" if spec.bn else "--no-bn",
+                    "--batch-size", str(spec.batch_size), "--transforms", spec.transforms,
+                    "--epochs", str(epochs or spec.epochs), "--device", "cpu", "--overwrite"]
+            machine.append(_wall([*args, "--out", str(Path(out) / "m" / spec.run_id)]))
+            slot.append(_wall([*args, "--out", str(Path(out) / "s" / spec.run_id)], one_slot=True))
+        grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *override,
                       "--artifacts", str(Path(out) / "artifacts"), "--progress-interval", "1000"])
     slots = cfg.resources.max_concurrent_trials or 2
-    return {"standalone_sum_s": sum(standalone), "grid_wall_s": grid, "slots": slots,
-            "efficiency": sum(standalone) / (grid * slots)}
+    return {"epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
+            "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
+            "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots)}
 
 
-def _wall(cmd: list[str]) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+Samples = dict[str, dict[str, list[float]]]  # mode → variant → samples
+
+
+def _overhead_tables(samples: Samples, slot_seconds: Samples) -> dict[str, dict[str, float]]:
+    med = {mode: {name: statistics.median(v) for name, v in by_variant.items()} for mode, by_variant in samples.items()}
+    for mode, by_variant in samples.items():
+        rows = [[name, f"{med[mode][name]:.1f}", f"{min(v):.1f}–{max(v):.1f}", len(v),
+                 f"{statistics.median(slot_seconds[mode][name]):.1f}",
+                 f"{med[mode][name] / med[mode]['grid.py']:.2f}"]
+                for name, v in by_variant.items()]
+        print(f"\n{mode}:\n")
+        print(markdown_table(["variant", "overhead s (median)", "range", "trials", "slot-s per trial",
+                              "÷ grid.py"], rows))
+    return med
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one repeat, no efficiency run")
+    parser.add_argument("--quick", action="store_true", help="one repeat, no efficiency runs")
+    parser.add_argument("--with-preload", action="store_true", help="add the preload-torch variant")
     args = parser.parse_args()
-    repeats, trials = (1, 2) if args.quick else (2, 4)
-    info = machine_info({"trials_per_variant_run": trials, "repeats": repeats})
-    print(format_header("Orchestration overhead (Tune → Train, trivial trials, 2 at a time)", info))
-    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = {**VARIANTS, **(PRELOAD if args.with_preload else {})}
+    repeats = 1 if args.quick else 2
+    info = machine_info({"modes": {m: {"concurrent": c, "trials": t} for m, (c, t) in MODES.items()},
+                         "repeats": repeats})
+    print(format_header("Orchestration overhead (Tune → Train, trivial trials)", info))
+    samples: Samples = {mode: {name: [] for name in variants} for mode in MODES}
+    slot_seconds: Samples = {mode: {name: [] for name in variants} for mode in MODES}
     for rep in range(repeats):
-        order = list(VARIANTS) if rep % 2 == 0 else list(reversed(VARIANTS))
+        order = list(variants) if rep % 2 == 0 else list(reversed(variants))
         for name in order:
-            log(f"repeat {rep + 1}/{repeats}: {name}")
-            samples[name] += measure_overhead(VARIANTS[name], trials)
-    med = {name: statistics.median(v) for name, v in samples.items()}
-    rows = [[name, f"{med[name]:.1f}", f"{min(v):.1f}–{max(v):.1f}", len(v)] for name, v in samples.items()]
-    print(markdown_table(["variant", "overhead s (median)", "range", "trials"], rows))
-    for name in VARIANTS:
-        print(f"ratio {name} / grid.py: {med[name] / med['grid.py']:.2f}")
-    result = {"info": info, "overhead_s": samples, "median_s": med}
+            for mode, (concurrent, trials) in MODES.items():
+                log(f"repeat {rep + 1}/{repeats}: {name}, {mode}")
+                overheads, per_trial = measure_overhead(variants[name], trials, concurrent)
+                samples[mode][name] += overheads
+                slot_seconds[mode][name].append(per_trial)
+    result: dict[str, Any] = {"info": info, "overhead_s": samples, "slot_seconds_per_trial": slot_seconds,
+                              "median_s": _overhead_tables(samples, slot_seconds)}
     if not args.quick:
-        eff = measure_efficiency()
-        print(markdown_table(["Σ standalone s", "grid wall s", "slots", "efficiency"],
-                             [[f"{eff['standalone_sum_s']:.1f}", f"{eff['grid_wall_s']:.1f}", eff["slots"],
-                               f"{eff['efficiency']:.2f}"]]))
-        result["smoke_efficiency"] = eff
+        effs = []
+        for epochs in (None, 40):
+            log(f"efficiency: smoke grid, epochs {epochs or 'as configured'}")
+            effs.append(measure_efficiency(epochs))
+        print(markdown_table(
+            ["epochs", "Σ standalone s (machine / slot)", "grid wall s", "slots", "efficiency (machine / slot)"],
+            [[e["epochs"], f"{e['standalone_machine_s']:.1f} / {e['standalone_slot_s']:.1f}", f"{e['grid_wall_s']:.1f}",
+              e["slots"], f"{e['efficiency_machine']:.2f} / {e['efficiency_slot']:.2f}"] for e in effs]))
+        result["smoke_efficiency"] = effs
     print(f"wrote {write_json('orchestration', result)}")
     return 0
 

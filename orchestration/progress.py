@@ -53,6 +53,7 @@ class GridProgress(tune.Callback):
         self.started_at: dict[str, float] = {}
         self.first_result_at: dict[str, float] = {}
         self.first_epoch_seconds: dict[str, float] = {}
+        self.finished_at: dict[str, float] = {}
 
     @staticmethod
     def _run_id(trial) -> str:
@@ -82,6 +83,7 @@ class GridProgress(tune.Callback):
         run_id = self._run_id(trial)
         self._live.pop(run_id, None)
         self._done[run_id] = status
+        self.finished_at.setdefault(run_id, time.monotonic())
         self.write(f"  {status:>8}: {run_id}")
         self._print()
 
