@@ -28,6 +28,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from orchestration.gloo import GlooConfig
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
 from toynet.checkpoint import atomic_torch_save, safe_torch_load
 from toynet.data import load_dataset
@@ -135,6 +136,8 @@ def _trainer(config: dict[str, Any], spec: RunSpec) -> TorchTrainer:
     return _GridTrainer(
         train_loop_per_worker,
         dataset_manager=config["dataset_manager"],
+        # CPU trials: a backend whose Train controller never imports torch (orchestration.gloo).
+        torch_config=None if res["gpus_per_worker"] else GlooConfig(),
         train_loop_config=config["worker"],
         scaling_config=ray.train.ScalingConfig(
             num_workers=res["workers_per_trial"],

@@ -41,3 +41,19 @@ def test_the_dataset_manager_is_left_out_only_when_no_ray_dataset_is_passed():
     # A run that does pass a Ray Dataset keeps Train's plumbing whatever the switch says.
     with_data = _GridTrainer(_loop, scaling_config=scaling, dataset_manager=False, datasets={"train": lambda: None})
     assert _has_dataset_manager(with_data)
+
+
+def test_cpu_trials_get_a_backend_whose_controller_never_imports_torch():
+    """Unpickling the backend config (what a Train controller does) must not import torch."""
+    import pickle
+    import subprocess
+    import sys
+
+    from orchestration.gloo import GlooConfig
+
+    blob = pickle.dumps(GlooConfig())
+    code = ("import pickle, sys; cfg = pickle.loads(sys.stdin.buffer.read()); cfg.backend_cls();"
+            "print(cfg.backend, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout.decode().split() == ["gloo", "False"]
