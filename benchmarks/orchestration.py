@@ -9,10 +9,14 @@
    epochs, ÷ trials; it also counts Tune's gaps between trials and tear-downs.
    Variants, interleaved over repeats:
      - "ray defaults": Ray 2.60's own behaviour (2 s health-check poll, no reuse of
-       the driver actor, preemption watcher, Train metrics, a DatasetManager per run);
+       the driver actor, preemption watcher, Train metrics, a DatasetManager per run,
+       TorchConfig, whose controller imports torch);
      - "reuse + 0.1 s poll": only the first two settings changed (grid.py before
        the helper actors were cut);
-     - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings).
+     - "grid.py, TorchConfig": grid.py's settings but Ray's TorchConfig backend;
+     - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings): also
+       no preemption watcher, Train metrics or DatasetManager, and the gloo backend
+       whose controller never imports torch (orchestration.gloo).
    ``--with-preload`` adds "grid.py + preload torch" (idle Ray workers import torch).
 2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
    toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
@@ -46,7 +50,9 @@ from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: 
 
 VARIANTS = {
     "ray defaults": RAY_DEFAULTS,
-    "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True),
+    "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True,
+                                      gloo_backend=False),
+    "grid.py, TorchConfig": RaySettings(gloo_backend=False),
     "grid.py": RaySettings(),
 }
 PRELOAD = {"grid.py + preload torch": RaySettings(preload_modules=("torch",))}

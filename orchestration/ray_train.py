@@ -137,7 +137,7 @@ def _trainer(config: dict[str, Any], spec: RunSpec) -> TorchTrainer:
         train_loop_per_worker,
         dataset_manager=config["dataset_manager"],
         # CPU trials: a backend whose Train controller never imports torch (orchestration.gloo).
-        torch_config=None if res["gpus_per_worker"] else GlooConfig(),
+        torch_config=GlooConfig() if config["gloo_backend"] and not res["gpus_per_worker"] else None,
         train_loop_config=config["worker"],
         scaling_config=ray.train.ScalingConfig(
             num_workers=res["workers_per_trial"],

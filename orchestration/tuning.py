@@ -44,6 +44,8 @@ class RaySettings:
       and the store record what a grid needs.
     - ``dataset_manager``: Train's per-trial actor that shards Ray Datasets. Off when
       a trial passes no Ray Dataset (ToyNet workers read the node-cached arrays).
+    - ``gloo_backend``: CPU trials use :class:`orchestration.gloo.GlooConfig`, whose
+      Train controller never imports torch, instead of Ray's ``TorchConfig``.
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -55,6 +57,7 @@ class RaySettings:
     preemption_watcher: bool = False
     train_metrics: bool = False
     dataset_manager: bool = False
+    gloo_backend: bool = True
     preload_modules: tuple[str, ...] = ()
 
     def train_env(self) -> dict[str, str]:
@@ -69,7 +72,7 @@ class RaySettings:
 
 RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
-    dataset_manager=True,
+    dataset_manager=True, gloo_backend=False,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""
 
@@ -139,6 +142,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
         "max_retries": cfg.failure.max_retries,
         "train_env": settings.train_env(),
         "dataset_manager": settings.dataset_manager,
+        "gloo_backend": settings.gloo_backend,
         "worker": {
             "spec": spec.to_dict(),
             "data_dir": data_dir,

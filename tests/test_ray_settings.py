@@ -28,10 +28,10 @@ def test_grid_point_carries_the_train_environment_and_the_dataset_switch():
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         "RAY_TRAIN_METRICS_ENABLED": "0",
     }
-    assert point["dataset_manager"] is False
+    assert point["dataset_manager"] is False and point["gloo_backend"] is True
     defaults = grid_point(cfg, cfg.runs[0], "/tmp/store", None, RAY_DEFAULTS)
     assert defaults["train_env"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
-    assert defaults["dataset_manager"] is True
+    assert defaults["dataset_manager"] is True and defaults["gloo_backend"] is False
 
 
 def test_the_dataset_manager_is_left_out_only_when_no_ray_dataset_is_passed():
