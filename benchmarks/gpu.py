@@ -46,7 +46,7 @@ TARGET_GRID_MINUTES = 15.0
 
 
 def synthetic(dataset: str, train: int, val: int) -> DataArrays:
-    channels, size = INPUT_SHAPES[dataset][0], INPUT_SHAPES[dataset][1]
+    channels, size, _ = INPUT_SHAPES[dataset]
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (train + val, channels, size, size), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, 10, (train + val,), generator=gen)
@@ -96,17 +96,18 @@ def packed_images_per_s(n: int, spec: RunSpec, sizes: tuple[int, int], opts: Tra
     return sum(r[2] for r in results) / (max(r[1] for r in results) - min(r[0] for r in results))
 
 
-def project_seed_grid(device: str, opts: TrainOptions, scale: float, epochs: int) -> tuple[float, list[list[Any]]]:
-    """Serial seconds of the seed grid's epochs on ``device``, and a row per distinct cell."""
+def project_seed_grid(opts: TrainOptions, scale: float, epochs: int) -> tuple[float, list[list[Any]]]:
+    """Serial seconds of the seed grid's epochs on ``opts.device``, and a row per distinct cell."""
     cfg = load_config(REPO_ROOT / "configs" / "seed.yaml")
     cells: dict[tuple, list[RunSpec]] = {}
     for spec in cfg.runs:
         cells.setdefault((spec.dataset, spec.batch_size, spec.transforms, spec.bn), []).append(spec)
     total, rows = 0.0, []
     for (dataset, batch, transforms, bn), specs in cells.items():
-        train, val = (max(int(s * scale), 2 * batch) for s in SPLITS[dataset])
+        (full_train, full_val) = SPLITS[dataset]
+        train, val = (max(int(n * scale), 2 * batch) for n in (full_train, full_val))
         train_s, val_s = epoch_seconds(specs[0], synthetic(dataset, train, val), opts, epochs)
-        per_epoch = (train_s + val_s) / scale  # back to the full split sizes
+        per_epoch = train_s * full_train / train + val_s * full_val / val  # back to the full splits
         n_epochs = sum(s.epochs for s in specs)
         total += per_epoch * n_epochs
         rows.append([dataset, batch, transforms, "√" if bn else "", f"{per_epoch:.2f}", n_epochs,
@@ -140,7 +141,7 @@ def main() -> int:
     packed = {n: packed_images_per_s(n, base, sizes, opts, epochs) for n in packs}
     print(markdown_table(["trials on the device", "aggregate images/s", "× one trial"],
                          [[n, f"{v:,.0f}", f"{v / packed[1]:.2f}"] for n, v in packed.items()]))
-    serial_s, rows = project_seed_grid(args.device, opts, scale, epochs)
+    serial_s, rows = project_seed_grid(opts, scale, epochs)
     speedup = max(packed.values()) / packed[1]
     print(markdown_table(["dataset", "batch", "transforms", "BN", "s/epoch", "epochs", "minutes"], rows))
     minutes = serial_s / speedup / 60
