@@ -158,6 +158,31 @@ def test_gpu_code_paths_run_on_cpu(digits):
     assert 0.0 <= result.final["val_acc"] <= 1.0 and math.isfinite(result.final["val_loss"])
 
 
+def test_compiled_training_matches_eager_and_keeps_plain_weights(digits):
+    """torch.compile (inductor, here on the CPU) trains the same run to about the same
+    numbers; fused kernels round differently, so it is close, not bit-identical."""
+    spec = RunSpec(dataset="digits", bn=True, batch_size=64, transforms="none", epochs=2)
+    eager = fit(spec, digits, TrainOptions(device="cpu"))
+    compiled = fit(spec, digits, TrainOptions(device="cpu", compile="default"))
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()  # no _orig_mod. prefix
+    for a, b in zip(eager.curve, compiled.curve):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.1), (eager.curve, compiled.curve)
+    assert compiled.final["val_acc"] == pytest.approx(eager.final["val_acc"], abs=0.05), (eager.curve, compiled.curve)
+    assert compiled.final["val_acc"] > 0.85, compiled.curve
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"compile": "fast"}, "compile mode 'fast' is unknown"), ({"rank": 2, "world_size": 2}, "rank 2 is outside"),
+     ({"eval_batch_size": 0}, "eval_batch_size must be >= 1")],
+)
+def test_bad_train_options_are_one_line_errors(options, message):
+    from toynet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrainOptions(**options)
+
+
 @pytest.mark.realdata
 def test_one_epoch_on_full_mnist_reaches_098(shared_data_dir):
     """The issue's real-data check: BN, batch 32, transforms none, 1 epoch of full MNIST."""

@@ -41,6 +41,7 @@ from toynet.data import DataArrays, load_dataset
 from toynet.checkpoint import atomic_torch_save
 from toynet.errors import ConfigError, DeviceError, WeightsError
 from toynet.model import ToyNet
+from toynet.options import COMPILE_MODES, TrainOptions
 from toynet.spec import RunSpec
 from toynet.transforms import BatchTransform, build_transforms
 
@@ -49,18 +50,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 # Called after every epoch with (epoch, metrics, checkpoint state); epoch is 1-based.
 EpochCallback = Callable[[int, dict[str, float], dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How a run executes; none of these change what a run means (see RunSpec)."""
-
-    device: str | None = None  # None: cuda when available, else cpu
-    rank: int = 0
-    world_size: int = 1
-    eval_batch_size: int = 1024
-    channels_last: bool = False
-    bf16_autocast: bool = False  # off by default so results stay comparable with the seed
 
 
 @dataclass
@@ -140,6 +129,11 @@ class _Run:
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=spec.epochs)
         self.net = hooks.wrap_model(self.model) if hooks.wrap_model else self.model
+        if opts.compile:
+            # Only the training forward/backward is compiled: validation and checkpoints use
+            # self.model, so state_dict keys stay plain. Static shapes: the tail batch gets
+            # its own graph once instead of making every step dynamic.
+            self.net = torch.compile(self.net, mode=opts.compile, dynamic=False)
         self.curve: list[dict[str, float]] = []
         self.start_epoch = 1
 
@@ -366,6 +360,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU speed)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast; changes numerics, off by default")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode for the training step (reduce-overhead: CUDA graphs)")
     p.add_argument("--out", default=None, help="output directory (default: toynet-runs/<run id>)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
@@ -408,7 +404,8 @@ def _main(argv: Sequence[str] | None) -> int:
     def show(epoch: int, row: dict[str, float], _state: dict[str, Any]) -> None:
         print(f"epoch {epoch:>3}/{spec.epochs} {_fmt(row)}", flush=True)
 
-    opts = TrainOptions(device=args.device, channels_last=args.channels_last, bf16_autocast=args.bf16)
+    opts = TrainOptions(device=args.device, channels_last=args.channels_last, bf16_autocast=args.bf16,
+                        compile=args.compile)
     result = fit(spec, data, opts, Hooks(on_epoch=show))
     _write_outputs(out, result)
     print(f"{result.train_images_per_s:,.0f} train images/s on {result.device}; wrote {out}")
