@@ -158,6 +158,7 @@ def format_run(run: StoredRun, verified: bool = False) -> str:
         ("final", "  ".join(f"{m} {_fmt(v)}" for m, v in run.final.items())),
         ("timing", f"{run.wall_seconds:.1f} s wall, {run.train_images_per_s:,.0f} train images/s"),
         ("hardware", f"{run.device}, {run.num_workers} worker(s)"),
+        ("execution", _execution(run.train_options)),
         ("versions", ", ".join(f"{k} {v}" for k, v in run.versions.items())),
         ("weights", run.weights_path or "none (failed runs keep no weights)"),
     ]
@@ -167,6 +168,12 @@ def format_run(run: StoredRun, verified: bool = False) -> str:
     width = max(len(k) for k, _ in lines)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
     return text + "\n\n" + _curve_summary(run.curve)
+
+
+def _execution(options: dict[str, object]) -> str:
+    """The numerics-relevant execution options; an empty dict means the defaults."""
+    return (f"compile={options.get('compile') or 'off'} bf16_autocast={options.get('bf16_autocast', False)} "
+            f"channels_last={options.get('channels_last', False)}")
 
 
 def _curve_summary(curve: list[dict[str, float]], max_rows: int = 8) -> str:

@@ -25,6 +25,7 @@ docs/configs.md has the long version)::
                 max_concurrent_trials: null, placement_strategy: PACK}
     storage: {artifacts: artifacts}   # store root: a local path or a URI (s3://...)
     failure: {max_retries: 2}
+    training: {channels_last: false, bf16_autocast: false, compile: null, eval_batch_size: 1024}
 
 Expansion contract: grid blocks (or runs entries) are expanded in file order; within a
 block the product varies ``bn`` fastest, then ``transforms``, ``batch_size``,
@@ -50,6 +51,7 @@ from typing import Any, Callable, Mapping, NoReturn
 import yaml
 
 from toynet.errors import ConfigError
+from toynet.options import COMPILE_MODES
 from toynet.spec import RunSpec
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "PLACEMENT_STRATEGIES",
     "Resources",
     "Storage",
+    "Training",
     "apply_overrides",
     "load_config",
     "parse_config",
@@ -109,6 +112,20 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Training:
+    """Execution options every run's workers use (toynet.options.TrainOptions fields).
+
+    They do not enter run ids: a run's meaning is its RunSpec. The store records them
+    with each run, because ``bf16_autocast`` and ``compile`` change numerics slightly.
+    """
+
+    channels_last: bool = False
+    bf16_autocast: bool = False
+    compile: str | None = None
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
 class GridConfig:
     """A validated grid: ``runs`` is the full expansion (seeds × points), in schedule order."""
 
@@ -118,6 +135,7 @@ class GridConfig:
     resources: Resources
     storage: Storage
     failure: Failure
+    training: Training = Training()
 
     @property
     def experiment(self) -> str:
@@ -142,6 +160,7 @@ class GridConfig:
             "resources": dataclasses.asdict(self.resources),
             "storage": {"artifacts": self.storage.artifacts},
             "failure": dataclasses.asdict(self.failure),
+            "training": dataclasses.asdict(self.training),
         }
 
 
@@ -167,6 +186,9 @@ class Overrides:
     train_limit: int | None = None
     val_limit: int | None = None
     max_retries: int | None = None
+    channels_last: bool | None = None
+    bf16_autocast: bool | None = None
+    compile: str | None = None
     epochs: int | None = None
     seeds: tuple[int, ...] | None = None
 
@@ -238,6 +260,12 @@ def _optional_path(value: Any, where: str) -> str | None:
     return value
 
 
+def _compile_mode(value: Any, where: str) -> str | None:
+    if value is not None and value not in COMPILE_MODES:
+        _fail(where, f"null or one of {list(COMPILE_MODES)}", value)
+    return value
+
+
 def _placement(value: Any, where: str) -> str:
     if value not in PLACEMENT_STRATEGIES:
         _fail(where, f"one of {list(PLACEMENT_STRATEGIES)}", value)
@@ -290,6 +318,12 @@ _SECTIONS: dict[str, dict[str, tuple[Validator, Any]]] = {
     },
     "storage": {"artifacts": (_artifacts, "artifacts")},
     "failure": {"max_retries": (_int_at_least(0), 2)},
+    "training": {
+        "channels_last": (_bool, False),
+        "bf16_autocast": (_bool, False),
+        "compile": (_compile_mode, None),
+        "eval_batch_size": (_int_at_least(1), 1024),
+    },
 }
 _TOP_LEVEL = ("experiment", "grid", "runs", "seeds", *_SECTIONS)
 
@@ -443,6 +477,7 @@ def parse_config(data: Any, source: str) -> GridConfig:
         resources=Resources(**sections["resources"]),
         storage=Storage(experiment=experiment, **sections["storage"]),
         failure=Failure(**sections["failure"]),
+        training=Training(**sections["training"]),
     )
 
 
@@ -505,6 +540,9 @@ _OVERRIDE_PATHS: dict[str, tuple[str, str]] = {
     "train_limit": ("data", "train_limit"),
     "val_limit": ("data", "val_limit"),
     "max_retries": ("failure", "max_retries"),
+    "channels_last": ("training", "channels_last"),
+    "bf16_autocast": ("training", "bf16_autocast"),
+    "compile": ("training", "compile"),
 }
 
 

@@ -11,6 +11,7 @@ complete, 1 when any failed, 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestration.config import DEFAULT_CONFIG, GridConfig, Overrides, apply_overrides, load_config  # noqa: E402
+from orchestration.config import (  # noqa: E402
+    DEFAULT_CONFIG, GridConfig, Overrides, Training, apply_overrides, load_config,
+)
 from orchestration.plan import ResourcePlan, local_resources, resolve_artifacts_root  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
 from toynet.cli import ArgumentParser, run_main, setup_logging  # noqa: E402
@@ -47,6 +50,11 @@ def _parser() -> ArgumentParser:
     p.add_argument("--val-limit", type=int)
     p.add_argument("--epochs", type=int, help="set every run's epochs")
     p.add_argument("--max-retries", type=int, help="restarts of a failing run before it is recorded failed")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format (GPU speed)")
+    p.add_argument("--bf16-autocast", action="store_true", default=None,
+                   help="bf16 autocast; changes numerics (off: comparable with the seed)")
+    p.add_argument("--compile", help="torch.compile mode for the training step: default, reduce-overhead "
+                   "(CUDA graphs), max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress reports")
     # Test-only fault injection, hidden from --help (see _parse_fault).
     p.add_argument("--inject-fault", help=argparse.SUPPRESS, default=None)
@@ -56,7 +64,7 @@ def _parser() -> ArgumentParser:
 def _overrides(args: Any) -> Overrides:
     names = ("experiment", "artifacts", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
              "max_concurrent_trials", "placement_strategy", "data_dir", "download", "train_limit",
-             "val_limit", "max_retries", "epochs")
+             "val_limit", "max_retries", "epochs", "channels_last", "bf16_autocast", "compile")
     return Overrides(**{n: getattr(args, n) for n in names})
 
 
@@ -79,6 +87,8 @@ def _print_runs(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec]) -
     for spec in cfg.runs:
         state = "todo" if spec.run_id in todo else "done"
         print(f"  {state}  {spec.run_id}")
+    if cfg.training != Training():
+        print("execution options: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.training).items()))
 
 
 def _body(argv: Sequence[str] | None) -> int:

@@ -201,6 +201,7 @@ def _record(
         num_workers=int(metrics.get("num_workers", config["resources"]["workers_per_trial"])),
         versions=collect_versions(),
         error=error,
+        train_options=TrainOptions(**config["worker"]["train_options"]).numerics(),
     )
 
 

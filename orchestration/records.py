@@ -76,6 +76,9 @@ RUN_SCHEMA = pa.schema(
         pa.field("weights_sha256", pa.string()),
         pa.field("weights_bytes", pa.int64()),
         pa.field("num_parameters", pa.int64()),
+        # JSON object of the execution options that can change numerics (TrainOptions.numerics);
+        # null for runs stored before the column existed (they ran with the defaults).
+        pa.field("train_options", pa.string()),
     ],
     metadata=_META,
 )
@@ -116,6 +119,7 @@ class RunRecord:
     versions: dict[str, str]
     error: str | None = None
     finished_at: str = field(default_factory=_utc_now)
+    train_options: dict[str, Any] = field(default_factory=dict)  # TrainOptions.numerics()
 
     def __post_init__(self) -> None:
         _check_record(self)
@@ -193,6 +197,7 @@ def run_row(rec: RunRecord, weights: dict[str, Any] | None) -> pa.Table:
         "weights_sha256": weights.get("sha256"),
         "weights_bytes": weights.get("bytes"),
         "num_parameters": weights.get("num_parameters"),
+        "train_options": json.dumps(rec.train_options, sort_keys=True),
     }
     return pa.Table.from_pylist([row], schema=RUN_SCHEMA)
 
@@ -226,6 +231,7 @@ def record_from_rows(run: dict[str, Any], curve: list[dict[str, Any]], **stored:
         weights_sha256=run["weights_sha256"],
         weights_bytes=run["weights_bytes"],
         num_parameters=run["num_parameters"],
+        train_options=json.loads(run["train_options"]) if run.get("train_options") else {},
         **stored,
     )
 

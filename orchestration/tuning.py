@@ -148,7 +148,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
             "data_dir": data_dir,
             "download": cfg.data.download,
             "cache_dir": os.environ.get("TOYNET_CACHE"),
-            "train_options": {},
+            "train_options": dataclasses.asdict(cfg.training),
             "fault": fault,
         },
     }

@@ -85,6 +85,8 @@ GRID: list[Case] = [
     ("bad flag value", grid.main,
      lambda t: ["--config", _config(t, GOOD), "--workers-per-trial", "0"], ("--workers-per-trial",)),
     ("negative retries", grid.main, lambda t: ["--config", _config(t, GOOD), "--max-retries", "-1"], ("--max-retries",)),
+    ("unknown compile mode", grid.main,
+     lambda t: ["--config", _config(t, GOOD), "--compile", "fast", "--dry-run"], ("--compile", "reduce-overhead")),
     ("gpus on a gpu-less machine", grid.main,
      lambda t: ["--config", _config(t, GOOD), "--gpus-per-worker", "1", "--dry-run"], ("no GPUs",)),
     ("more workers than cpus", grid.main,
@@ -113,6 +115,9 @@ TRAIN: list[Case] = [
     ("train: cuda absent", train.main,
      lambda t: ["--dataset", "digits", "--batch-size", "8", "--epochs", "1", "--device", "cuda",
                 "--out", str(t / "o")], ("CUDA",)),
+    ("train: unknown compile mode", train.main,
+     lambda t: ["--dataset", "digits", "--batch-size", "8", "--epochs", "1", "--compile", "fast",
+                "--out", str(t / "o")], ("--compile", "'fast'")),
     ("train: non-integer epochs", train.main,
      lambda t: ["--dataset", "digits", "--batch-size", "8", "--epochs", "two"], ("--epochs",)),
 ]

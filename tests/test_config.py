@@ -19,6 +19,7 @@ from orchestration.config import (
     GridConfig,
     Overrides,
     Resources,
+    Training,
     apply_overrides,
     load_config,
     parse_config,
@@ -139,6 +140,7 @@ def test_defaults_and_scalar_axes(tmp_path):
     cfg = load_config(_write(tmp_path, MINIMAL))
     assert len(cfg.runs) == 1 and cfg.runs[0].seed == 0
     assert cfg.data == DataOptions() and cfg.resources == Resources() and cfg.failure == Failure()
+    assert cfg.training == Training()  # eager, fp32, NCHW: the seed's numerics
     assert cfg.storage.artifacts == "artifacts" and cfg.storage.experiment == "t"
     assert cfg.source == str(tmp_path / "c.yaml")
 
@@ -190,7 +192,9 @@ def test_overrides_apply_and_revalidate():
         experiment="smoke2", artifacts="s3://bucket/x", workers_per_trial=2, cpus_per_worker=0.5,
         gpus_per_worker=0.25, max_concurrent_trials=1, placement_strategy="SPREAD", data_dir="/d",
         download=True, train_limit=64, val_limit=32, max_retries=0, seeds=(0, 1),
+        channels_last=True, bf16_autocast=True, compile="reduce-overhead",
     ))
+    assert new.training == Training(channels_last=True, bf16_autocast=True, compile="reduce-overhead")
     assert (new.experiment, new.storage.artifacts) == ("smoke2", "s3://bucket/x")
     assert new.resources == Resources(2, 0.5, 0.25, 1, "SPREAD")
     assert new.data == DataOptions("/d", True, 64, 32) and new.failure == Failure(0)
@@ -215,6 +219,7 @@ def test_epochs_override_merges_runs_that_become_identical():
     (Overrides(train_limit=0), "--train-limit"),
     (Overrides(placement_strategy="pack"), "--placement-strategy"),
     (Overrides(max_retries=-1), "--max-retries"),
+    (Overrides(compile="fast"), "--compile"),
 ])
 def test_bad_overrides_name_the_flag(overrides, flag):
     cfg = load_config(CONFIGS / "smoke.yaml")
@@ -247,6 +252,10 @@ BAD_CONFIGS = [
     ("train_limit 0", MINIMAL + "data: {train_limit: 0}\n", "data.train_limit"),
     ("bad artifacts", MINIMAL + "storage: {artifacts: ''}\n", "storage.artifacts"),
     ("experiment in storage", MINIMAL + "storage: {experiment: y}\n", "storage.experiment"),
+    ("unknown training key", MINIMAL + "training: {amp: true}\n", "training.amp is not a known key"),
+    ("bad compile mode", MINIMAL + "training: {compile: fast}\n", "training.compile must be null or one of"),
+    ("bf16 string", MINIMAL + "training: {bf16_autocast: 'on'}\n", "training.bf16_autocast"),
+    ("eval batch 0", MINIMAL + "training: {eval_batch_size: 0}\n", "training.eval_batch_size"),
     ("missing experiment", GRID, "experiment"),
     ("bad experiment name", MINIMAL.replace("experiment: t", "experiment: ../x"), "experiment"),
     ("hidden experiment name", MINIMAL.replace("experiment: t", "experiment: .x"), "experiment"),

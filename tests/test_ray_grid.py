@@ -88,6 +88,8 @@ def test_relative_artifacts_root_is_refused_under_job_submit(ray_cluster):
 def test_two_worker_ddp_across_two_nodes_matches_one_worker(ray_cluster, one_worker_baseline, tmp_path):
     """A second node joins; a 2-worker STRICT_SPREAD trial (one worker per node) lands in
     the store, and its final metrics match the 1-worker run of the same grid point.
+    It also runs with ``--channels-last``: execution options reach every worker and are
+    recorded with the run.
 
     Tolerance: 0.03 val_acc / 0.1 val_loss. The runs are not bit-identical: each rank's
     BatchNorm normalises its own half of every global batch (no SyncBN), and the
@@ -100,13 +102,16 @@ def test_two_worker_ddp_across_two_nodes_matches_one_worker(ray_cluster, one_wor
     try:
         _wait_for_nodes(ray_cluster, 2)
         two = ray_cluster.grid("--config", str(config), "--artifacts", str(store.root),
-                               "--workers-per-trial", "2", "--placement-strategy", "STRICT_SPREAD")
+                               "--workers-per-trial", "2", "--placement-strategy", "STRICT_SPREAD",
+                               "--channels-last")
         assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     finally:
         node2.terminate()
         node2.wait(timeout=60)
     r1, r2 = store.get_run("w1", run_id), store.get_run("w2", run_id)
     assert (r1.num_workers, r2.num_workers) == (1, 2)
+    assert r1.train_options == {"channels_last": False, "bf16_autocast": False, "compile": None}
+    assert r2.train_options == {"channels_last": True, "bf16_autocast": False, "compile": None}
     assert r2.status == "complete" and r1.final["val_acc"] > 0.9
     assert abs(r1.final["val_acc"] - r2.final["val_acc"]) <= 0.03
     assert abs(r1.final["val_loss"] - r2.final["val_loss"]) <= 0.1

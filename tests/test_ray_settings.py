@@ -1,13 +1,15 @@
-"""The settings that cut per-trial overhead reach Ray Train (no Ray instance needed)."""
+"""What a grid point carries reaches Ray Train: the settings that cut per-trial overhead
+and the execution options (no Ray instance needed)."""
 
 from __future__ import annotations
 
 import ray.train
 from ray.train.v2._internal.callbacks import DatasetsCallback
 
-from orchestration.config import load_config
+from orchestration.config import Overrides, apply_overrides, load_config
 from orchestration.ray_train import _GridTrainer
 from orchestration.tuning import RAY_DEFAULTS, RaySettings, grid_point
+from toynet.options import TrainOptions
 
 SMOKE = "configs/smoke.yaml"
 
@@ -32,6 +34,13 @@ def test_grid_point_carries_the_train_environment_and_the_dataset_switch():
     defaults = grid_point(cfg, cfg.runs[0], "/tmp/store", None, RAY_DEFAULTS)
     assert defaults["train_env"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
     assert defaults["dataset_manager"] is True and defaults["gloo_backend"] is False
+
+
+def test_grid_point_carries_the_execution_options_to_the_workers():
+    cfg = apply_overrides(load_config(SMOKE), Overrides(channels_last=True, compile="default"))
+    options = grid_point(cfg, cfg.runs[0], "/tmp/store", None)["worker"]["train_options"]
+    assert TrainOptions(device="cpu", **options) == TrainOptions(
+        device="cpu", channels_last=True, compile="default", eval_batch_size=1024)
 
 
 def test_the_dataset_manager_is_left_out_only_when_no_ray_dataset_is_passed():

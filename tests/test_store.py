@@ -6,6 +6,7 @@ S3 tests.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -19,6 +20,7 @@ import torch
 from orchestration import records, weights as weights_io
 from orchestration.records import RUN_SCHEMA, SCHEMA_VERSION, SPEC_COLUMNS, RunRecord, StoreError
 from orchestration.store import MARKER, ArtifactStore, collect_versions
+from orchestration.tables import conform
 from toynet.errors import ToyNetError, WeightsError
 from toynet.model import ToyNet, count_parameters
 from toynet.spec import RunSpec
@@ -79,6 +81,19 @@ def test_write_then_read_every_field(store: ArtifactStore) -> None:
     got = store.get_run("exp", rec.run_id)
     assert got.spec == rec.spec and got.curve == rec.curve and got.final == rec.final
     assert got.versions == rec.versions and got.finished_at == rec.finished_at
+    assert got.train_options == {}  # make_record leaves the execution options at their defaults
+
+
+def test_execution_options_round_trip_and_old_files_read_as_defaults(store: ArtifactStore) -> None:
+    options = {"channels_last": True, "bf16_autocast": True, "compile": "reduce-overhead"}
+    rec = write(store, dataclasses.replace(make_record(), train_options=options))
+    assert store.get_run("exp", rec.run_id).train_options == options
+    # A run.parquet written before the column existed reads as the defaults it ran with.
+    (path,) = Path(store.root).glob(f"exp/runs/{rec.run_id}/*/run.parquet")
+    old = conform(pq.read_table(path).drop(["train_options"]), RUN_SCHEMA, "old run.parquet")
+    (row,) = old.to_pylist()
+    assert row["train_options"] is None
+    assert records.record_from_rows(row, rec.curve).train_options == {}
 
 
 def test_weights_file_is_a_plain_state_dict_with_checksum_and_parameter_count(store: ArtifactStore) -> None:
