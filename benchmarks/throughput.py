@@ -53,10 +53,13 @@ VARIANTS: dict[str, str] = {
     "b0": "(b) seed, 0 workers",
     "b2": "(b) seed, 2 workers",
     "c": "(c) compute",
+    "ac": "(a) + torch.compile",
 }
 SEED_WORKERS: dict[str, int] = {"b0": 0, "b2": 2}
 # name -> (numerator, denominator) variants
-RATIOS: dict[str, tuple[str, str]] = {"a/b0": ("a", "b0"), "a/b2": ("a", "b2"), "c/a": ("c", "a")}
+RATIOS: dict[str, tuple[str, str]] = {
+    "a/b0": ("a", "b0"), "a/b2": ("a", "b2"), "c/a": ("c", "a"), "ac/a": ("ac", "a"),
+}
 Cell = tuple[str, int, str]  # (transform, batch size, variant)
 # The seed's Normalize statistics (ImageNet).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -161,15 +164,20 @@ def sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
             sums[2] += y.numel()
 
 
-# -- the three variants: each returns a callable timing one epoch in images/s ---------
+# -- the variants: each returns a callable timing one epoch in images/s ---------
 
 
-def project_variant(spec: RunSpec, data: DataArrays, warmup_images: int) -> Callable[[], float]:
-    """(a) ``_Run.train_epoch``: the real training loop of ``toynet.train`` on CPU."""
-    opts = TrainOptions(device="cpu")
-    _Run(spec, head(data, warmup_images), opts, Hooks()).train_epoch(1)
+def project_variant(spec: RunSpec, data: DataArrays, warmup_images: int, compile: str | None = None
+                    ) -> Callable[[], float]:
+    """(a) ``_Run.train_epoch``: the real training loop of ``toynet.train`` on CPU;
+    with ``compile``, its ``torch.compile`` option (warmed up by one whole epoch, which
+    compiles: the compile time is not in the samples)."""
+    opts = TrainOptions(device="cpu", compile=compile)
+    _Run(spec, head(data, warmup_images), TrainOptions(device="cpu"), Hooks()).train_epoch(1)
     run = _Run(spec, data, opts, Hooks())
     epochs = itertools.count(1)
+    if compile:
+        run.train_epoch(next(epochs))
 
     def sample() -> float:
         t0 = time.perf_counter()
@@ -292,7 +300,7 @@ def cell_spec(transform: str, batch_size: int) -> RunSpec:
 
 
 def build_groups(cfg: Config, data: DataArrays) -> tuple[list[dict[Cell, Callable[[], float]]], list[DataLoader]]:
-    """One group of four warmed-up variants per (transform, batch size) cell."""
+    """One group of warmed-up variants (every key of VARIANTS) per (transform, batch size) cell."""
     groups, loaders = [], []
     for transform, bs in itertools.product(TRANSFORMS, BATCH_SIZES):
         spec = cell_spec(transform, bs)
@@ -304,6 +312,7 @@ def build_groups(cfg: Config, data: DataArrays) -> tuple[list[dict[Cell, Callabl
             group[(transform, bs, key)] = sample
             loaders.append(loader)
         group[(transform, bs, "c")] = compute_variant(spec, data, cfg.warmup_images)
+        group[(transform, bs, "ac")] = project_variant(spec, data, cfg.warmup_images, compile="default")
         groups.append(group)
     return groups, loaders
 

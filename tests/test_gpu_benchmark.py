@@ -17,7 +17,10 @@ def test_gpu_benchmark_runs_on_cpu_and_projects_the_seed_grid(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "gpu-quick.json").read_text())
-    assert set(result["single_images_per_s"]) == {"fp32", "channels_last", "channels_last + bf16"}
+    assert set(result["single_images_per_s"]) == {
+        "fp32", "channels_last", "channels_last + bf16", "channels_last + compile",
+        "channels_last + compile (CUDA graphs)"}
+    assert set(result["warm_up_s"]) == set(result["single_images_per_s"])
     assert all(v > 0 for v in result["single_images_per_s"].values())
     assert set(result["packed_images_per_s"]) == {"1", "2"}
     assert result["seed_grid_serial_s"] > 0 and result["seed_grid_projected_min"] > 0
