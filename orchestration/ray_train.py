@@ -26,7 +26,9 @@ import ray.train
 import ray.train.torch
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train._internal.session import get_session
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.queue import Empty, Queue
 
 from orchestration.gloo import GlooConfig
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
@@ -159,6 +161,33 @@ def _trainer(config: dict[str, Any], spec: RunSpec) -> TorchTrainer:
     )
 
 
+_RESULT_QUEUE: Queue | None = None
+
+
+def _reuse_result_queue() -> None:
+    """Give this trial's Tune session the driver process's result queue.
+
+    ``TuneReportCallback`` forwards each Train report from the controller to the driver
+    through a ``ray.util.queue.Queue``: an actor, which Tune 2.60 creates anew for every
+    trial (one more Python process importing ray, about 1 CPU-s here). With
+    ``reuse_actors`` the driver process runs trial after trial, one at a time, so one
+    queue per process serves them all. Ray has no public switch for this: it sets the
+    session's private ``_inter_actor_queue`` before the callback asks for it (ray is
+    pinned to 2.60.x; tests/test_ray_grid.py counts the queue actors). Anything left in
+    the queue by a trial that failed mid-report is dropped first, so it cannot be taken
+    for this trial's first result.
+    """
+    global _RESULT_QUEUE
+    if _RESULT_QUEUE is None:
+        _RESULT_QUEUE = Queue(1, actor_options={"num_cpus": 0})  # what Tune would create
+    while True:
+        try:
+            _RESULT_QUEUE.get_nowait()
+        except Empty:
+            break
+    get_session()._inter_actor_queue = _RESULT_QUEUE
+
+
 def driver(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Tune function trainable for one grid point; writes the store record.
 
@@ -168,6 +197,8 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     config = config["grid_point"]  # built by orchestration.tuning.grid_point
     # Train reads these from this (the driver's) environment at fit() time.
     os.environ.update(config["train_env"])
+    if config["shared_result_queue"]:
+        _reuse_result_queue()
     spec = RunSpec.from_dict(config["worker"]["spec"])
     store = ArtifactStore(config["artifacts"])
     started = time.perf_counter()

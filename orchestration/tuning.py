@@ -44,6 +44,9 @@ class RaySettings:
       and the store record what a grid needs.
     - ``dataset_manager``: Train's per-trial actor that shards Ray Datasets. Off when
       a trial passes no Ray Dataset (ToyNet workers read the node-cached arrays).
+    - ``shared_result_queue``: each driver process keeps one Tune result queue (an actor)
+      for all its trials instead of Tune starting one per trial
+      (:func:`orchestration.ray_train._reuse_result_queue`).
     - ``gloo_backend``: CPU trials use :class:`orchestration.gloo.GlooConfig`, whose
       Train controller never imports torch, instead of Ray's ``TorchConfig``.
     - ``preload_modules``: modules Ray's idle worker processes import before they are
@@ -58,6 +61,7 @@ class RaySettings:
     train_metrics: bool = False
     dataset_manager: bool = False
     gloo_backend: bool = True
+    shared_result_queue: bool = True
     preload_modules: tuple[str, ...] = ()
 
     def train_env(self) -> dict[str, str]:
@@ -72,7 +76,7 @@ class RaySettings:
 
 RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
-    dataset_manager=True, gloo_backend=False,
+    dataset_manager=True, gloo_backend=False, shared_result_queue=False,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""
 
@@ -143,6 +147,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
         "train_env": settings.train_env(),
         "dataset_manager": settings.dataset_manager,
         "gloo_backend": settings.gloo_backend,
+        "shared_result_queue": settings.shared_result_queue,
         "worker": {
             "spec": spec.to_dict(),
             "data_dir": data_dir,

@@ -46,13 +46,14 @@ class RayCluster:
         cmd, env = self._grid_cmd(args)
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def actor_classes(self) -> set[str]:
-        """Class names of every actor this cluster has run (alive or dead), from Ray's state API."""
-        code = ("import json; from ray.util.state import list_actors;"
-                f"print(json.dumps(sorted({{a.class_name for a in list_actors(address={self.dashboard!r}, limit=10000)}})))")
+    def actor_counts(self) -> dict[str, int]:
+        """How many actors of each class this cluster has run (alive or dead), from Ray's state API."""
+        code = ("import json, collections; from ray.util.state import list_actors;"
+                f"print(json.dumps(collections.Counter(a.class_name for a in list_actors(address={self.dashboard!r}, "
+                "limit=10000))))")
         out = self.run(sys.executable, "-c", code)
         assert out.returncode == 0, out.stderr[-2000:]
-        return set(json.loads(out.stdout.strip().splitlines()[-1]))
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
     def add_node(self, cpus: int = 1) -> subprocess.Popen:
         """A second node on this machine; terminating the returned process stops that node."""

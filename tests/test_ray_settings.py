@@ -31,9 +31,11 @@ def test_grid_point_carries_the_train_environment_and_the_dataset_switch():
         "RAY_TRAIN_METRICS_ENABLED": "0",
     }
     assert point["dataset_manager"] is False and point["gloo_backend"] is True
+    assert point["shared_result_queue"] is True
     defaults = grid_point(cfg, cfg.runs[0], "/tmp/store", None, RAY_DEFAULTS)
     assert defaults["train_env"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
     assert defaults["dataset_manager"] is True and defaults["gloo_backend"] is False
+    assert defaults["shared_result_queue"] is False
 
 
 def test_grid_point_carries_the_execution_options_to_the_workers():
