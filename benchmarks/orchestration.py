@@ -13,10 +13,12 @@
        TorchConfig, whose controller imports torch);
      - "reuse + 0.1 s poll": only the first two settings changed (grid.py before
        the helper actors were cut);
-     - "grid.py, TorchConfig": grid.py's settings but Ray's TorchConfig backend;
+     - "+ helpers cut, TorchConfig": also no preemption watcher, Train metrics or
+       DatasetManager;
+     - "+ gloo backend": also the gloo backend whose controller never imports torch
+       (orchestration.gloo);
      - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings): also
-       no preemption watcher, Train metrics or DatasetManager, and the gloo backend
-       whose controller never imports torch (orchestration.gloo).
+       one Tune result queue per driver process instead of one per trial.
    ``--with-preload`` adds "grid.py + preload torch" (idle Ray workers import torch).
 2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
    toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
@@ -48,11 +50,13 @@ from orchestration.config import DataOptions, GridConfig, load_config  # noqa: E
 from orchestration.store import ArtifactStore  # noqa: E402
 from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: E402
 
+# Each variant adds one cut to the one before; "grid.py" is what grid.py runs.
 VARIANTS = {
     "ray defaults": RAY_DEFAULTS,
     "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True,
-                                      gloo_backend=False),
-    "grid.py, TorchConfig": RaySettings(gloo_backend=False),
+                                      gloo_backend=False, shared_result_queue=False),
+    "+ helpers cut, TorchConfig": RaySettings(gloo_backend=False, shared_result_queue=False),
+    "+ gloo backend": RaySettings(shared_result_queue=False),
     "grid.py": RaySettings(),
 }
 PRELOAD = {"grid.py + preload torch": RaySettings(preload_modules=("torch",))}
