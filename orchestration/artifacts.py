@@ -172,8 +172,8 @@ def format_run(run: StoredRun, verified: bool = False) -> str:
 
 def _execution(options: dict[str, object]) -> str:
     """The numerics-relevant execution options; an empty dict means the defaults."""
-    return (f"compile={options.get('compile') or 'off'} bf16_autocast={options.get('bf16_autocast', False)} "
-            f"channels_last={options.get('channels_last', False)}")
+    return (f"compile={options.get('compile') or 'off'} bf16_autocast={_plain(options.get('bf16_autocast', False))} "
+            f"channels_last={_plain(options.get('channels_last', False))}")
 
 
 def _curve_summary(curve: list[dict[str, float]], max_rows: int = 8) -> str:

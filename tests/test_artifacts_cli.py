@@ -152,6 +152,7 @@ def test_show_accepts_run_exp_slash_run_and_experiment_flag(root: Path, capsys: 
         assert code == 0, err
         assert f"run         {run_id}" in out and "weights.pt" in out and "sha256" in out
         assert "best val_acc 0.8000 at epoch 60" in out and "val_acc 0.8000" in out
+        assert "execution   compile=off bf16_autocast=false channels_last=false" in out
 
 
 def test_compare_markdown_with_seed_reference(root: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
