@@ -359,7 +359,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU speed)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast; changes numerics, off by default")
+    p.add_argument("--bf16", "--bf16-autocast", dest="bf16", action="store_true",
+                   help="bf16 autocast; changes numerics, off by default")
     p.add_argument("--compile", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode for the training step (reduce-overhead: CUDA graphs)")
     p.add_argument("--out", default=None, help="output directory (default: toynet-runs/<run id>)")
