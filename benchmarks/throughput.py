@@ -173,11 +173,12 @@ def project_variant(spec: RunSpec, data: DataArrays, warmup_images: int, compile
     with ``compile``, its ``torch.compile`` option (warmed up by one whole epoch, which
     compiles: the compile time is not in the samples)."""
     opts = TrainOptions(device="cpu", compile=compile)
-    _Run(spec, head(data, warmup_images), TrainOptions(device="cpu"), Hooks()).train_epoch(1)
     run = _Run(spec, data, opts, Hooks())
     epochs = itertools.count(1)
     if compile:
-        run.train_epoch(next(epochs))
+        run.train_epoch(next(epochs))  # compiles this run's own module
+    else:
+        _Run(spec, head(data, warmup_images), opts, Hooks()).train_epoch(1)
 
     def sample() -> float:
         t0 = time.perf_counter()
