@@ -25,7 +25,10 @@
    it (``python orchestration/grid.py --config configs/smoke.yaml``), once as shipped
    (5 epochs) and once with ``--epochs 40``. Standalone runs are timed two ways: on the
    whole machine (2 torch threads) and in one slot (pinned to 1 CPU, 1 thread: what a
-   grid trial gets).
+   grid trial gets). Where the grid's time goes: its runs' epochs (as each run timed
+   them) against the same epochs run alone in one slot, the slot-seconds per run
+   beyond its epochs, and every process's CPU-seconds while the grid runs, by kind
+   (sampled from /proc: each Ray actor class, Ray's system processes, grid.py).
 
 Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/results/.
 """
@@ -33,15 +36,17 @@ Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/res
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -100,24 +105,119 @@ def _wall(cmd: list[str], *, one_slot: bool = False) -> float:
     return time.perf_counter() - start
 
 
+# Processes outside Ray's actors and workers, by command line; first match wins.
+_KINDS = (("orchestration/grid.py", "grid.py (Tune's loop)"),
+          ("site-packages/ray/", "Ray system (GCS, raylet, dashboard, logs)"))
+
+
+def _kind(cmd: str) -> str | None:
+    """Ray names a worker process ``ray::<Actor>[.method]`` (``ray::IDLE`` between jobs)."""
+    if cmd.startswith("ray::"):
+        return "ray::" + cmd[5:].split()[0].split(".")[0] if cmd[5:].strip() else "ray::"
+    return next((name for key, name in _KINDS if key in cmd), None)
+
+
+class CpuByProcess:
+    """CPU-seconds used by each kind of process while a block runs, sampled from /proc.
+
+    Polls every ``interval_s`` and keeps each process's last reading, so a process that
+    exits loses at most its last interval, and a Ray worker's CPU counts under the
+    actor it last ran. Processes already running at entry count only what they use
+    after it.
+    """
+
+    def __init__(self, interval_s: float = 0.2, classify: Callable[[str], str | None] = _kind) -> None:
+        self._interval_s = interval_s
+        self._classify = classify
+        self._base: dict[str, int] = {}
+        self._last: dict[str, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> CpuByProcess:
+        self._base = {pid: ticks for pid, (_, ticks) in self._read().items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._read())
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._last.update(self._read())
+
+    def _read(self) -> dict[str, tuple[str, int]]:
+        seen = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited while being read
+                continue
+            kind = self._classify(cmd)
+            if kind:
+                seen[entry.name] = (kind, int(fields[11]) + int(fields[12]))  # utime + stime
+        return seen
+
+    def totals(self) -> dict[str, float]:
+        """CPU-seconds per kind, largest first."""
+        out: dict[str, float] = {}
+        for pid, (kind, ticks) in self._last.items():
+            out[kind] = out.get(kind, 0.0) + (ticks - self._base.get(pid, 0)) / os.sysconf("SC_CLK_TCK")
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _epochs_s(curve: list[dict[str, Any]]) -> float:
+    """A run's training + validation seconds, summed over its epochs."""
+    return sum(row["seconds"] for row in curve)
+
+
 def measure_efficiency(epochs: int | None) -> dict[str, Any]:
-    """Σ standalone run time (whole machine / one slot) vs the smoke grid's wall time × slots."""
+    """Σ standalone run time (whole machine / one slot) vs the smoke grid's wall time × slots.
+
+    Also splits the grid's slot-seconds into the runs' epochs (as each run timed them)
+    and everything else, and compares those epochs with the same epochs run alone in
+    one slot: how much slower training itself is inside the grid.
+    """
     cfg = load_config(SMOKE)
     override = ["--epochs", str(epochs)] if epochs else []
-    machine, slot = [], []
+    machine, slot, slot_epochs = [], [], []
     with tempfile.TemporaryDirectory() as out:
         for spec in cfg.runs:
             args = [sys.executable, "-m", "toynet.train", "--dataset", spec.dataset, "--bn" if spec.bn else "--no-bn",
                     "--batch-size", str(spec.batch_size), "--transforms", spec.transforms,
                     "--epochs", str(epochs or spec.epochs), "--device", "cpu", "--overwrite"]
             machine.append(_wall([*args, "--out", str(Path(out) / "m" / spec.run_id)]))
-            slot.append(_wall([*args, "--out", str(Path(out) / "s" / spec.run_id)], one_slot=True))
-        grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *override,
-                      "--artifacts", str(Path(out) / "artifacts"), "--progress-interval", "1000"])
-    slots = cfg.resources.max_concurrent_trials or 2
+            slot_dir = Path(out) / "s" / spec.run_id
+            slot.append(_wall([*args, "--out", str(slot_dir)], one_slot=True))
+            slot_epochs.append(_epochs_s(json.loads((slot_dir / "metrics.json").read_text())["curve"]))
+        with CpuByProcess() as cpu:
+            grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *override,
+                          "--artifacts", str(Path(out) / "artifacts"), "--progress-interval", "1000"])
+        store = ArtifactStore(Path(out) / "artifacts")
+        experiment = cfg.storage.experiment
+        grid_epochs = [_epochs_s(store.get_run(experiment, rid).curve) for rid in store.run_ids(experiment)]
+    slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
     return {"epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
             "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
-            "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots)}
+            "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots),
+            "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
+            "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
+            "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
+            "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals()}
+
+
+def _cpu_table(e: dict[str, Any]) -> str:
+    available = e["grid_wall_s"] * e["cpus"]
+    rows = [[kind, f"{cpu_s:.1f}", f"{cpu_s / available:.0%}"] for kind, cpu_s in e["cpu_s_by_process"].items()]
+    rows.append(["(idle or other processes)", f"{available - sum(e['cpu_s_by_process'].values()):.1f}", ""])
+    rows.append(["Σ epochs of the runs (wall s, inside the workers)", f"{e['grid_epochs_s']:.1f}",
+                 f"{e['grid_epochs_s'] / available:.0%}"])
+    return markdown_table(["process", "CPU-s", "share of the machine"], rows)
 
 
 Samples = dict[str, dict[str, list[float]]]  # mode → variant → samples
@@ -164,9 +264,16 @@ def main() -> int:
             log(f"efficiency: smoke grid, epochs {epochs or 'as configured'}")
             effs.append(measure_efficiency(epochs))
         print(markdown_table(
-            ["epochs", "Σ standalone s (machine / slot)", "grid wall s", "slots", "efficiency (machine / slot)"],
+            ["epochs", "Σ standalone s (machine / slot)", "grid wall s", "slots", "efficiency (machine / slot)",
+             "Σ epochs s (alone in a slot / in grid)", "epochs in grid ÷ alone", "slot-s per run beyond its epochs"],
             [[e["epochs"], f"{e['standalone_machine_s']:.1f} / {e['standalone_slot_s']:.1f}", f"{e['grid_wall_s']:.1f}",
-              e["slots"], f"{e['efficiency_machine']:.2f} / {e['efficiency_slot']:.2f}"] for e in effs]))
+              e["slots"], f"{e['efficiency_machine']:.2f} / {e['efficiency_slot']:.2f}",
+              f"{e['standalone_slot_epochs_s']:.1f} / {e['grid_epochs_s']:.1f}", f"{e['epoch_slowdown']:.2f}",
+              f"{e['slot_s_outside_epochs_per_run']:.1f}"] for e in effs]))
+        for e in effs:
+            print(f"\nwhere the machine's CPU went, smoke grid at {e['epochs']} epochs "
+                  f"({e['grid_wall_s']:.1f} s × {e['cpus']} CPUs = {e['grid_wall_s'] * e['cpus']:.0f} CPU-s):\n")
+            print(_cpu_table(e))
         result["smoke_efficiency"] = effs
     print(f"wrote {write_json('orchestration', result)}")
     return 0

@@ -1,0 +1,29 @@
+"""benchmarks/orchestration.py's CPU accounting: which process used how much CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from benchmarks.orchestration import CpuByProcess, _kind
+
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+
+
+def test_process_kinds_follow_ray_process_titles():
+    assert _kind("ray::RayTrainWorker ") == "ray::RayTrainWorker"
+    assert _kind("ray::TrainController.run ") == "ray::TrainController"  # method suffix dropped
+    assert _kind("ray::IDLE ") == "ray::IDLE"
+    assert _kind("/v/bin/python orchestration/grid.py --config c.yaml") == "grid.py (Tune's loop)"
+    assert _kind("/v/lib/site-packages/ray/core/src/ray/gcs/gcs_server --x").startswith("Ray system")
+    assert _kind("/usr/bin/python -m pytest") is None
+
+
+def test_cpu_seconds_of_a_busy_child_are_counted_under_its_kind():
+    classify = lambda cmd: "spinner" if "spin-marker" in cmd else None  # noqa: E731
+    with CpuByProcess(interval_s=0.05, classify=classify) as cpu:
+        subprocess.run([sys.executable, "-c", SPIN, "spin-marker"], check=True)
+    totals = cpu.totals()
+    assert set(totals) == {"spinner"}
+    # 1 CPU-s of spinning plus Python's start-up; at most one 0.05 s poll is lost at exit.
+    assert 0.9 <= totals["spinner"] <= 2.0
