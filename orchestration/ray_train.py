@@ -179,13 +179,19 @@ def _reuse_result_queue() -> None:
     """
     global _RESULT_QUEUE
     if _RESULT_QUEUE is None:
+        # Not drained: it is empty, and asking would wait for its actor to start.
         _RESULT_QUEUE = Queue(1, actor_options={"num_cpus": 0})  # what Tune would create
+    else:
+        _drain(_RESULT_QUEUE)
+    get_session()._inter_actor_queue = _RESULT_QUEUE
+
+
+def _drain(queue: Queue) -> None:
     while True:
         try:
-            _RESULT_QUEUE.get_nowait()
+            queue.get_nowait()
         except Empty:
-            break
-    get_session()._inter_actor_queue = _RESULT_QUEUE
+            return
 
 
 def driver(config: dict[str, Any]) -> dict[str, Any]:
