@@ -114,7 +114,7 @@ def project_seed_grid(opts: TrainOptions, scale: float, epochs: int) -> tuple[fl
         cells.setdefault((spec.dataset, spec.batch_size, spec.transforms, spec.bn), []).append(spec)
     total, rows = 0.0, []
     for (dataset, batch, transforms, bn), specs in cells.items():
-        (full_train, full_val) = SPLITS[dataset]
+        full_train, full_val = SPLITS[dataset]
         train, val = (max(int(n * scale), 2 * batch) for n in (full_train, full_val))
         train_s, val_s, _ = epoch_seconds(specs[0], synthetic(dataset, train, val), opts, epochs)
         per_epoch = train_s * full_train / train + val_s * full_val / val  # back to the full splits
@@ -161,8 +161,9 @@ def main() -> int:
     minutes = serial_s / speedup / 60
     print(f"seed grid ({best}): {serial_s / 60:.1f} min one trial at a time; "
           f"{minutes:.1f} min packed (× {speedup:.2f}); target < {TARGET_GRID_MINUTES:.0f} min")
-    result = {"info": info, "single_images_per_s": single, "warm_up_s": warm_up, "packing_options": best, "packed_images_per_s": packed,
-              "seed_grid_serial_s": serial_s, "packing_speedup": speedup, "seed_grid_projected_min": minutes}
+    result = {"info": info, "single_images_per_s": single, "warm_up_s": warm_up, "packing_options": best,
+              "packed_images_per_s": packed, "seed_grid_serial_s": serial_s, "packing_speedup": speedup,
+              "seed_grid_projected_min": minutes}
     print(f"wrote {write_json('gpu-quick' if quick else 'gpu', result, args.results_dir)}")
     return 0
 

@@ -166,8 +166,9 @@ class CpuByProcess:
     def totals(self) -> dict[str, float]:
         """CPU-seconds per kind, largest first."""
         out: dict[str, float] = {}
+        tick_s = 1 / os.sysconf("SC_CLK_TCK")
         for pid, (kind, ticks) in self._last.items():
-            out[kind] = out.get(kind, 0.0) + (ticks - self._base.get(pid, 0)) / os.sysconf("SC_CLK_TCK")
+            out[kind] = out.get(kind, 0.0) + (ticks - self._base.get(pid, 0)) * tick_s
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 

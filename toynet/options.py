@@ -39,9 +39,11 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.compile is not None and self.compile not in COMPILE_MODES:
-            raise ConfigError(f"compile mode {self.compile!r} is unknown; expected one of {list(COMPILE_MODES)} or none")
+            raise ConfigError(
+                f"compile mode {self.compile!r} is unknown; expected one of {list(COMPILE_MODES)} or none")
         if not 0 <= self.rank < self.world_size:
-            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}; expected 0 <= rank < world_size")
+            raise ConfigError(
+                f"rank {self.rank} is outside world size {self.world_size}; expected 0 <= rank < world_size")
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
 
