@@ -160,15 +160,17 @@ def test_gpu_code_paths_run_on_cpu(digits):
 
 def test_compiled_training_matches_eager_and_keeps_plain_weights(digits):
     """torch.compile (inductor, here on the CPU) trains the same run to about the same
-    numbers; fused kernels round differently, so it is close, not bit-identical."""
-    spec = RunSpec(dataset="digits", bn=True, batch_size=64, transforms="none", epochs=2)
+    numbers; fused kernels round differently, so it is close, not bit-identical. Early
+    epochs of this run swing (val_acc 0.4–0.9 after 2 epochs with 1 vs 2 threads), so
+    the run goes to 4 epochs, where the cosine schedule has settled it."""
+    spec = RunSpec(dataset="digits", bn=True, batch_size=64, transforms="none", epochs=4)
     eager = fit(spec, digits, TrainOptions(device="cpu"))
     compiled = fit(spec, digits, TrainOptions(device="cpu", compile="default"))
     assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()  # no _orig_mod. prefix
     for a, b in zip(eager.curve, compiled.curve):
-        assert b["loss"] == pytest.approx(a["loss"], rel=0.1), (eager.curve, compiled.curve)
-    assert compiled.final["val_acc"] == pytest.approx(eager.final["val_acc"], abs=0.05), (eager.curve, compiled.curve)
-    assert compiled.final["val_acc"] > 0.85, compiled.curve
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.25), (eager.curve, compiled.curve)
+    assert compiled.final["val_acc"] == pytest.approx(eager.final["val_acc"], abs=0.02), (eager.curve, compiled.curve)
+    assert compiled.final["val_acc"] > 0.95, compiled.curve
 
 
 @pytest.mark.parametrize(
