@@ -26,7 +26,6 @@ from orchestration.config import (  # noqa: E402
 from orchestration.plan import ResourcePlan, local_resources, resolve_artifacts_root  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
 from toynet.cli import ArgumentParser, run_main, setup_logging  # noqa: E402
-from toynet.data import load_dataset  # noqa: E402
 from toynet.errors import ConfigError  # noqa: E402
 from toynet.spec import RunSpec  # noqa: E402
 
@@ -70,6 +69,8 @@ def _overrides(args: Any) -> Overrides:
 
 def _check_data(cfg: GridConfig) -> None:
     """Load each dataset once on this node: missing data fails here, before Ray starts."""
+    from toynet.data import load_dataset  # imports torch: not needed for --dry-run or a bad config
+
     seen: set[tuple] = set()
     for spec in cfg.runs:
         key = (spec.dataset, spec.train_limit, spec.val_limit)
