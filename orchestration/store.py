@@ -27,11 +27,10 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import torch
 
 from orchestration import records
 from orchestration import weights as weights_io
@@ -41,6 +40,9 @@ from orchestration.records import RunRecord, StoredRun, StoreError, collect_vers
 from orchestration.tables import closest, concat, one_line, parquet_bytes, read_parquet, sha256, where_mask
 from orchestration.weights import WEIGHTS_FILE
 from toynet.errors import WeightsError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +92,27 @@ class ArtifactStore:
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(f"artifacts root {self.root} is not writable: {one_line(exc)}") from None
 
-    def write_run(self, record: RunRecord, state_dict: dict[str, torch.Tensor] | None) -> None:
+    def write_run(self, record: RunRecord, weights: dict[str, torch.Tensor] | weights_io.Encoded | None) -> None:
         """Store one run atomically; a later write of the same (experiment, run id) replaces it.
 
-        A complete run needs its ``state_dict``; a failed run is stored without weights.
-        Safe to call from many processes or nodes at once, also for the same run id.
+        A complete run needs its weights: a ``state_dict``, or one already encoded by
+        :func:`orchestration.weights.encode` (so this process need not import torch).
+        A failed run is stored without weights. Safe to call from many processes or
+        nodes at once, also for the same run id.
         """
         exp, run_id = check_name(record.experiment, "experiment"), check_name(record.run_id, "run")
-        if record.status == "complete" and state_dict is None:
+        if record.status == "complete" and weights is None:
             raise StoreError(f"run {exp}/{run_id}: status complete needs its state_dict")
-        if record.status == "failed" and state_dict is not None:
+        if record.status == "failed" and weights is not None:
             log.warning("run %s/%s failed: its weights are not stored", exp, run_id)
-            state_dict = None
+            weights = None
         files: dict[str, bytes] = {}
-        weights = None
-        if state_dict is not None:
-            files[WEIGHTS_FILE], weights = weights_io.encode(state_dict)
+        info = None
+        if weights is not None:
+            encoded = weights if isinstance(weights, weights_io.Encoded) else weights_io.encode(weights)
+            files[WEIGHTS_FILE], info = encoded.data, encoded.info
         files[EPOCHS_FILE] = parquet_bytes(records.epoch_rows(record))
-        files[RUN_FILE] = parquet_bytes(records.run_row(record, weights))
+        files[RUN_FILE] = parquet_bytes(records.run_row(record, info))
         if self.tensorboard and record.curve:
             files.update(_tensorboard_files(record))
         attempt = new_attempt()

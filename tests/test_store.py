@@ -108,6 +108,30 @@ def test_weights_file_is_a_plain_state_dict_with_checksum_and_parameter_count(st
         assert torch.equal(model.state_dict()[key], value)
 
 
+def test_weights_encoded_elsewhere_store_the_same_files(store: ArtifactStore, tmp_path: Path) -> None:
+    """The Train worker encodes the weights into its checkpoint and the torch-free Tune
+    driver stores them: the same bytes and facts as storing the state_dict itself."""
+    rec = make_record()
+    weights_io.encode(weights_for(rec.spec)).save(tmp_path)
+    store.write_run(rec, weights_io.Encoded.load(tmp_path))
+    direct = ArtifactStore(tmp_path / "direct", tensorboard=False)
+    write(direct, rec)
+    a, b = store.get_run("exp", rec.run_id), direct.get_run("exp", rec.run_id)
+    assert (a.weights_sha256, a.num_parameters) == (b.weights_sha256, b.num_parameters)
+    assert Path(a.weights_path).read_bytes() == Path(b.weights_path).read_bytes()
+
+
+def test_encoded_weights_are_verified_when_read_back(tmp_path: Path) -> None:
+    weights_io.encode(weights_for(make_record().spec)).save(tmp_path)
+    path = tmp_path / weights_io.WEIGHTS_FILE
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(WeightsError, match="fail verification"):
+        weights_io.Encoded.load(tmp_path)
+    path.unlink()
+    with pytest.raises(WeightsError, match="unreadable"):
+        weights_io.Encoded.load(tmp_path)
+
+
 def test_load_model_is_verified_toynet_in_eval_mode(store: ArtifactStore) -> None:
     rec = write(store, make_record(bn=True, seed=5))
     model = store.load_model("exp", rec.run_id)
@@ -190,6 +214,25 @@ def test_tensorboard_event_files_hold_the_per_epoch_scalars(tmp_path: Path) -> N
     assert {"loss/train", "loss/val", "acc/train", "acc/val", "lr"} <= tags
     assert [(e.step, round(e.value, 6)) for e in acc.Scalars("acc/val")] == [
         (r["epoch"], round(r["val_acc"], 6)) for r in rec.curve]
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("final/val_acc")] == [(3, 0.9)]
+
+
+def test_tensorboard_hparams_view_holds_the_grid_point(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    store = ArtifactStore(tmp_path / "a")
+    rec = write(store, make_record(epochs=3, batch_size=64))
+    (attempt,) = _attempt_dirs(store, "exp", rec.run_id)
+    mux = EventMultiplexer({"run": str(attempt)})
+    mux.Reload()
+    content = mux.PluginRunToTagToContent("hparams")["run"]
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    experiment = data["_hparams_/experiment"].experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"final/loss", "final/acc", "final/val_loss", "final/val_acc"}
+    values = data["_hparams_/session_start_info"].session_start_info.hparams
+    assert (values["batch_size"].number_value, values["bn"].string_value, values["dataset"].string_value) == (
+        64, "on", "mnist")
 
 
 # ---- atomicity, replacement, concurrency ---------------------------------------------
