@@ -1,12 +1,18 @@
 """The Ray-facing pieces of one grid point, named as Ray names them.
 
-- :func:`train_loop_per_worker` runs on every Ray Train worker: it loads the
-  node-cached dataset, resumes from the last Train checkpoint if there is one, and
-  runs ``toynet.train.fit`` with a hook that reports metrics every epoch (rank 0
-  attaches the checkpoint).
 - :func:`driver` is the Ray Tune function trainable for one grid point: it builds
-  the ``TorchTrainer``, runs it, and writes the run's record (complete or failed)
+  the Ray Train trainer, runs it, and writes the run's record (complete or failed)
   into the artifacts store.
+- :func:`train_loop_per_worker` runs on every Ray Train worker; its body is
+  :func:`orchestration.train_worker.run`, imported there and only there.
+
+This module never imports torch (tests/test_import_cost.py checks it): the driver
+runs in its own Ray process per concurrent trial, which would otherwise pay
+``import torch`` and ``ray.train.torch`` (~2 CPU-s, ~400 MB resident) without running
+any torch code. So the trainer is Ray's ``DataParallelTrainer`` with the torch backend
+config that ``TorchTrainer`` would pass (``TorchTrainer`` adds nothing else for
+non-local runs), and the run's curve and encoded weights come back as files in its
+last checkpoint.
 
 Train run names are the grid point's run id, so a restarted worker, a Tune retry or
 a rerun of the whole grid finds its checkpoints again and resumes.
@@ -14,104 +20,45 @@ a rerun of the whole grid finds its checkpoints again and resumes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import ray.train
-import ray.train.torch
-from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train._internal.session import get_session
+from ray.train.backend import BackendConfig
+from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.queue import Empty, Queue
 
+from orchestration import weights as weights_io
 from orchestration.gloo import GlooConfig
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
-from toynet.checkpoint import atomic_torch_save, safe_torch_load
-from toynet.data import load_dataset
+from toynet.errors import WeightsError
+from toynet.options import TrainOptions
 from toynet.spec import RunSpec
-from toynet.train import Hooks, TrainOptions, device_label, fit
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-
-
-def _resume_state() -> dict[str, Any] | None:
-    """The state saved with the last registered Train checkpoint, if any."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return safe_torch_load(Path(directory) / STATE_FILE, what="checkpoint")
-
-
-def _epoch_reporter(rank: int, device: str, world_size: int):
-    """on_epoch hook: every rank reports (a barrier); rank 0 also saves the checkpoint."""
-
-    def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
-        metrics = {**row, "device": device, "num_workers": world_size}
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            atomic_torch_save(state, Path(directory) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
-    return report
-
-
-def _fault_hook(fault: dict[str, Any] | None, rank: int, run_id: str):
-    """Test-only fault injection, off unless grid.py's hidden --inject-fault is given.
-
-    At the start of ``fault['epoch']``, rank 0 of every run whose id contains
-    ``fault['run']`` either crashes hard once (``once``: a marker file remembers) or
-    raises on every attempt (``always``). Each firing appends a line to ``log``.
-    """
-    if not fault or rank != 0 or fault.get("run", "") not in run_id:
-        return None
-    marker = Path(fault["once"]) if fault.get("once") else None
-
-    def before_epoch(epoch: int) -> None:
-        if epoch != fault["epoch"] or (marker is not None and marker.exists()):
-            return
-        if fault.get("log"):
-            with open(fault["log"], "a") as fh:
-                fh.write(f"{run_id} epoch {epoch}\n")
-        if marker is None:
-            raise RuntimeError(f"injected failure at epoch {epoch}")
-        marker.write_text("crashed once\n")
-        os._exit(1)  # a hard crash, as a killed process would look
-
-    return before_epoch
+# Files in a Train checkpoint (written by orchestration.train_worker on rank 0).
+STATE_FILE = "state.pt"  # resume state, torch format: workers only
+CURVE_FILE = "curve.json"  # every finished epoch's metrics row
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker body; ``config`` is a grid point's ``worker`` part (orchestration.tuning)."""
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    spec = RunSpec.from_dict(config["spec"])
-    data = load_dataset(
-        spec.dataset, config["data_dir"], download=config["download"],
-        train_limit=spec.train_limit, val_limit=spec.val_limit, cache_dir=config["cache_dir"],
-    )
-    device = ray.train.torch.get_device()
-    opts = TrainOptions(device=str(device), rank=rank, world_size=world_size, **config["train_options"])
-    hooks = Hooks(
-        on_epoch=_epoch_reporter(rank, device_label(device), world_size),
-        wrap_model=(lambda m: ray.train.torch.prepare_model(m, move_to_device=False)) if world_size > 1 else None,
-        before_epoch=_fault_hook(config.get("fault"), rank, spec.run_id),
-    )
-    fit(spec, data, opts, hooks, resume=_resume_state())
+    """Ray Train worker entry point; see :func:`orchestration.train_worker.run`."""
+    from orchestration.train_worker import run  # imports torch: on the workers only
+
+    run(config)
 
 
-class _GridTrainer(TorchTrainer):
-    """``TorchTrainer`` that can leave out Train's Ray Data plumbing.
+class _GridTrainer(DataParallelTrainer):
+    """Ray Train's data-parallel trainer that can leave out Train's Ray Data plumbing.
 
     Ray Train 2.60 starts a ``DatasetManager`` actor for every run, Ray Datasets or
     not: one more Python process per trial importing ``ray.train`` (1–2 CPU-s here).
@@ -131,15 +78,23 @@ class _GridTrainer(TorchTrainer):
         return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
 
 
-def _trainer(config: dict[str, Any], spec: RunSpec) -> TorchTrainer:
+def _backend(gloo: bool, gpus: float) -> BackendConfig:
+    """What ``TorchTrainer`` would pass, minus torch on CPU trials (orchestration.gloo)."""
+    if gloo and not gpus:
+        return GlooConfig()  # the Train controller never imports torch either
+    from ray.train.torch import TorchConfig  # imports torch: GPU trials (NCCL) only
+
+    return TorchConfig(backend="nccl" if gpus else "gloo")
+
+
+def _trainer(config: dict[str, Any], spec: RunSpec) -> DataParallelTrainer:
     res = config["resources"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if res["gpus_per_worker"] else {})}
     per_worker.update(res.get("custom_per_worker") or {})
     return _GridTrainer(
         train_loop_per_worker,
         dataset_manager=config["dataset_manager"],
-        # CPU trials: a backend whose Train controller never imports torch (orchestration.gloo).
-        torch_config=GlooConfig() if config["gloo_backend"] and not res["gpus_per_worker"] else None,
+        backend_config=_backend(config["gloo_backend"], res["gpus_per_worker"]),
         train_loop_config=config["worker"],
         scaling_config=ray.train.ScalingConfig(
             num_workers=res["workers_per_trial"],
@@ -210,15 +165,25 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         result = _trainer(config, spec).fit()
+        curve, weights = _final(result.checkpoint)
     except Exception as exc:  # any failure of the run is recorded, not raised
         error = _one_line(exc)
         log.error("run %s failed: %s\n%s", spec.run_id, error, traceback.format_exc())
         store.write_run(_record(config, spec, "failed", [], started, {}, error), None)
         return {"status": "failed", "error": error}
-    with result.checkpoint.as_directory() as directory:
-        state = safe_torch_load(Path(directory) / STATE_FILE, what="checkpoint")
-    store.write_run(_record(config, spec, "complete", state["curve"], started, result.metrics or {}), state["model"])
-    return {"status": "complete", **{k: state["curve"][-1][k] for k in ("loss", "acc", "val_loss", "val_acc")}}
+    store.write_run(_record(config, spec, "complete", curve, started, result.metrics or {}), weights)
+    return {"status": "complete", **{k: curve[-1][k] for k in ("loss", "acc", "val_loss", "val_acc")}}
+
+
+def _final(checkpoint: ray.train.Checkpoint) -> tuple[list[dict[str, float]], weights_io.Encoded]:
+    """The curve and encoded weights in a run's last checkpoint (orchestration.train_worker)."""
+    with checkpoint.as_directory() as name:
+        directory = Path(name)
+        try:
+            curve = json.loads((directory / CURVE_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"checkpoint {directory} has no readable {CURVE_FILE}: {exc}") from None
+        return curve, weights_io.Encoded.load(directory)
 
 
 def _record(
