@@ -27,8 +27,9 @@
    whole machine (2 torch threads) and in one slot (pinned to 1 CPU, 1 thread: what a
    grid trial gets). Where the grid's time goes: its runs' epochs (as each run timed
    them) against the same epochs run alone in one slot, the slot-seconds per run
-   beyond its epochs, and every process's CPU-seconds while the grid runs, by kind
-   (sampled from /proc: each Ray actor class, Ray's system processes, grid.py).
+   beyond its epochs, and every process's CPU-seconds and peak resident memory while
+   the grid runs, by kind (sampled from /proc: each Ray actor class, Ray's system
+   processes, grid.py).
 
 Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/results/.
 """
@@ -118,7 +119,8 @@ def _kind(cmd: str) -> str | None:
 
 
 class CpuByProcess:
-    """CPU-seconds used by each kind of process while a block runs, sampled from /proc.
+    """CPU-seconds and peak resident memory of each kind of process while a block runs,
+    sampled from /proc.
 
     Polls every ``interval_s`` and keeps each process's last reading, so a process that
     exits loses at most its last interval, and a Ray worker's CPU counts under the
@@ -131,6 +133,7 @@ class CpuByProcess:
         self._classify = classify
         self._base: dict[str, int] = {}
         self._last: dict[str, tuple[str, int]] = {}
+        self._peak: dict[str, tuple[str, int]] = {}  # pid → (kind, most resident bytes seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -149,7 +152,7 @@ class CpuByProcess:
             self._last.update(self._read())
 
     def _read(self) -> dict[str, tuple[str, int]]:
-        seen = {}
+        seen, page = {}, os.sysconf("SC_PAGE_SIZE")
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -161,6 +164,9 @@ class CpuByProcess:
             kind = self._classify(cmd)
             if kind:
                 seen[entry.name] = (kind, int(fields[11]) + int(fields[12]))  # utime + stime
+                rss = int(fields[21]) * page
+                if rss > self._peak.get(entry.name, ("", 0))[1]:
+                    self._peak[entry.name] = (kind, rss)
         return seen
 
     def totals(self) -> dict[str, float]:
@@ -170,6 +176,13 @@ class CpuByProcess:
         for pid, (kind, ticks) in self._last.items():
             out[kind] = out.get(kind, 0.0) + (ticks - self._base.get(pid, 0)) * tick_s
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        """The largest resident size one process of each kind reached, MiB."""
+        out: dict[str, float] = {}
+        for kind, rss in self._peak.values():
+            out[kind] = max(out.get(kind, 0.0), rss / 2**20)
+        return out
 
 
 def _epochs_s(curve: list[dict[str, Any]]) -> float:
@@ -209,16 +222,19 @@ def measure_efficiency(epochs: int | None) -> dict[str, Any]:
             "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
             "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
             "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
-            "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals()}
+            "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals(),
+            "peak_rss_mib_by_process": cpu.peak_rss_mib()}
 
 
 def _cpu_table(e: dict[str, Any]) -> str:
     available = e["grid_wall_s"] * e["cpus"]
-    rows = [[kind, f"{cpu_s:.1f}", f"{cpu_s / available:.0%}"] for kind, cpu_s in e["cpu_s_by_process"].items()]
-    rows.append(["(idle or other processes)", f"{available - sum(e['cpu_s_by_process'].values()):.1f}", ""])
+    peak = e["peak_rss_mib_by_process"]
+    rows = [[kind, f"{cpu_s:.1f}", f"{cpu_s / available:.0%}", f"{peak.get(kind, 0):.0f}"]
+            for kind, cpu_s in e["cpu_s_by_process"].items()]
+    rows.append(["(idle or other processes)", f"{available - sum(e['cpu_s_by_process'].values()):.1f}", "", ""])
     rows.append(["Σ epochs of the runs (wall s, inside the workers)", f"{e['grid_epochs_s']:.1f}",
-                 f"{e['grid_epochs_s'] / available:.0%}"])
-    return markdown_table(["process", "CPU-s", "share of the machine"], rows)
+                 f"{e['grid_epochs_s'] / available:.0%}", ""])
+    return markdown_table(["process", "CPU-s", "share of the machine", "peak RSS of one, MiB"], rows)
 
 
 Samples = dict[str, dict[str, list[float]]]  # mode → variant → samples

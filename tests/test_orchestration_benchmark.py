@@ -7,7 +7,8 @@ import sys
 
 from benchmarks.orchestration import CpuByProcess, _kind
 
-SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+# Holds 300 MiB resident while it spins for 1 CPU-s.
+SPIN = "import time\nb = bytearray(300 << 20)\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
 
 
 def test_process_kinds_follow_ray_process_titles():
@@ -19,7 +20,7 @@ def test_process_kinds_follow_ray_process_titles():
     assert _kind("/usr/bin/python -m pytest") is None
 
 
-def test_cpu_seconds_of_a_busy_child_are_counted_under_its_kind():
+def test_cpu_seconds_and_memory_of_a_busy_child_are_counted_under_its_kind():
     classify = lambda cmd: "spinner" if "spin-marker" in cmd else None  # noqa: E731
     with CpuByProcess(interval_s=0.05, classify=classify) as cpu:
         subprocess.run([sys.executable, "-c", SPIN, "spin-marker"], check=True)
@@ -27,3 +28,4 @@ def test_cpu_seconds_of_a_busy_child_are_counted_under_its_kind():
     assert set(totals) == {"spinner"}
     # 1 CPU-s of spinning plus Python's start-up; at most one 0.05 s poll is lost at exit.
     assert 0.9 <= totals["spinner"] <= 2.0
+    assert 300 <= cpu.peak_rss_mib()["spinner"] <= 400
