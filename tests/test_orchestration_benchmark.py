@@ -29,3 +29,21 @@ def test_cpu_seconds_and_memory_of_a_busy_child_are_counted_under_its_kind():
     # 1 CPU-s of spinning plus Python's start-up; at most one 0.05 s poll is lost at exit.
     assert 0.9 <= totals["spinner"] <= 2.0
     assert 300 <= cpu.peak_rss_mib()["spinner"] <= 400
+
+
+def test_grid_ab_table_puts_both_sides_side_by_side():
+    from benchmarks.grid_ab import _table
+
+    run = lambda wall, cpu, mib: {"wall_s": wall, "cpu_s": {"ray::ImplicitFunc": cpu},  # noqa: E731
+                                  "peak_rss_mib": {"ray::ImplicitFunc": mib}}
+    table = _table({"base": [run(70, 9.7, 694), run(68, 9.5, 690)], "this tree": [run(64, 6.1, 221)]})
+    assert "| wall s | 69.0 | 64.0 |" in table
+    assert "| ray::ImplicitFunc | 9.6 | 6.1 | 692 | 221 |" in table
+
+
+def test_grid_ab_refuses_an_unknown_revision():
+    from tests.ray_cluster import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "grid_ab.py"), "--base", "no-such-rev"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "not a git revision" in out.stderr and "Traceback" not in out.stderr
