@@ -69,7 +69,7 @@ def _overrides(args: Any) -> Overrides:
 
 def _check_data(cfg: GridConfig) -> None:
     """Load each dataset once on this node: missing data fails here, before Ray starts."""
-    from toynet.data import load_dataset  # imports torch: not needed for --dry-run or a bad config
+    from toynet.data import load_dataset  # imports torch: not needed to reject a bad config
 
     seen: set[tuple] = set()
     for spec in cfg.runs:
