@@ -2,10 +2,10 @@
 
 :func:`run` loads the node-cached dataset, resumes from the last Train checkpoint if
 there is one, and runs ``toynet.train.fit`` with a hook that reports metrics every
-epoch. Rank 0 attaches a checkpoint holding the resume state (``state.pt``) and what
-the Tune driver stores when the run ends: the curve as JSON and the weights already
-encoded for the store (:class:`orchestration.weights.Encoded`). The driver reads
-those two without importing torch.
+epoch. Rank 0 attaches a checkpoint holding the resume state (``state.pt``); the last
+epoch's also holds what the Tune driver stores when the run ends: the curve as JSON
+and the weights already encoded for the store (:class:`orchestration.weights.Encoded`).
+The driver reads those two without importing torch.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     opts = TrainOptions(device=str(device), rank=rank, world_size=world_size, **config["train_options"])
     hooks = Hooks(
-        on_epoch=_epoch_reporter(rank, device_label(device), world_size),
+        on_epoch=_epoch_reporter(rank, device_label(device), world_size, spec.epochs),
         wrap_model=(lambda m: ray.train.torch.prepare_model(m, move_to_device=False)) if world_size > 1 else None,
         before_epoch=_fault_hook(config.get("fault"), rank, spec.run_id),
     )
@@ -55,8 +55,9 @@ def _resume_state() -> dict[str, Any] | None:
         return safe_torch_load(Path(directory) / STATE_FILE, what="checkpoint")
 
 
-def _epoch_reporter(rank: int, device: str, world_size: int):
-    """on_epoch hook: every rank reports (a barrier); rank 0 also saves the checkpoint."""
+def _epoch_reporter(rank: int, device: str, world_size: int, last_epoch: int):
+    """on_epoch hook: every rank reports (a barrier); rank 0 also saves the checkpoint,
+    and at ``last_epoch`` the files the driver stores."""
 
     def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
         metrics = {**row, "device": device, "num_workers": world_size}
@@ -66,8 +67,9 @@ def _epoch_reporter(rank: int, device: str, world_size: int):
         with tempfile.TemporaryDirectory() as name:
             directory = Path(name)
             atomic_torch_save(state, directory / STATE_FILE)
-            weights_io.encode(state["model"]).save(directory)
-            (directory / CURVE_FILE).write_text(json.dumps(state["curve"]))
+            if epoch == last_epoch:
+                weights_io.encode(state["model"]).save(directory)
+                (directory / CURVE_FILE).write_text(json.dumps(state["curve"]))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
     return report
