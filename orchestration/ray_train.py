@@ -29,15 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
-from ray.train._internal.session import get_session
+from ray.train import UserCallback
 from ray.train.backend import BackendConfig
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
-from ray.util.queue import Empty, Queue
 
 from orchestration import weights as weights_io
 from orchestration.gloo import GlooConfig
+from orchestration.relay import Relay, result_queue
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
 from toynet.errors import WeightsError
 from toynet.options import TrainOptions
@@ -87,7 +86,7 @@ def _backend(gloo: bool, gpus: float) -> BackendConfig:
     return TorchConfig(backend="nccl" if gpus else "gloo")
 
 
-def _trainer(config: dict[str, Any], spec: RunSpec) -> DataParallelTrainer:
+def _trainer(config: dict[str, Any], spec: RunSpec, report: UserCallback) -> DataParallelTrainer:
     res = config["resources"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if res["gpus_per_worker"] else {})}
     per_worker.update(res.get("custom_per_worker") or {})
@@ -109,44 +108,11 @@ def _trainer(config: dict[str, Any], spec: RunSpec) -> DataParallelTrainer:
                 max_failures=config["max_retries"], controller_failure_limit=config["max_retries"]
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[report],  # each epoch's report to Tune (orchestration.relay)
             # Train's INFO lines repeat every metric of every report; progress.py shows them.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-
-
-_RESULT_QUEUE: Queue | None = None
-
-
-def _reuse_result_queue() -> None:
-    """Give this trial's Tune session the driver process's result queue.
-
-    ``TuneReportCallback`` forwards each Train report from the controller to the driver
-    through a ``ray.util.queue.Queue``: an actor, which Tune 2.60 creates anew for every
-    trial (one more Python process importing ray, about 1 CPU-s here). With
-    ``reuse_actors`` the driver process runs trial after trial, one at a time, so one
-    queue per process serves them all. Ray has no public switch for this: it sets the
-    session's private ``_inter_actor_queue`` before the callback asks for it (ray is
-    pinned to 2.60.x; tests/test_ray_grid.py counts the queue actors). Anything left in
-    the queue by a trial that failed mid-report is dropped first, so it cannot be taken
-    for this trial's first result.
-    """
-    global _RESULT_QUEUE
-    if _RESULT_QUEUE is None:
-        # Not drained: it is empty, and asking would wait for its actor to start.
-        _RESULT_QUEUE = Queue(1, actor_options={"num_cpus": 0})  # what Tune would create
-    else:
-        _drain(_RESULT_QUEUE)
-    get_session()._inter_actor_queue = _RESULT_QUEUE
-
-
-def _drain(queue: Queue) -> None:
-    while True:
-        try:
-            queue.get_nowait()
-        except Empty:
-            return
 
 
 def driver(config: dict[str, Any]) -> dict[str, Any]:
@@ -158,13 +124,11 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     config = config["grid_point"]  # built by orchestration.tuning.grid_point
     # Train reads these from this (the driver's) environment at fit() time.
     os.environ.update(config["train_env"])
-    if config["shared_result_queue"]:
-        _reuse_result_queue()
     spec = RunSpec.from_dict(config["worker"]["spec"])
     store = ArtifactStore(config["artifacts"])
     started = time.perf_counter()
     try:
-        result = _trainer(config, spec).fit()
+        result = _fit(config, spec)
         curve, weights = _final(result.checkpoint)
     except Exception as exc:  # any failure of the run is recorded, not raised
         error = _one_line(exc)
@@ -173,6 +137,12 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
         return {"status": "failed", "error": error}
     store.write_run(_record(config, spec, "complete", curve, started, result.metrics or {}), weights)
     return {"status": "complete", **{k: curve[-1][k] for k in ("loss", "acc", "val_loss", "val_acc")}}
+
+
+def _fit(config: dict[str, Any], spec: RunSpec) -> Any:
+    """Train the run, each epoch's report relayed to Tune; returns Train's ``Result``."""
+    relay = Relay(result_queue(shared=config["shared_result_queue"]))
+    return relay.run(_trainer(config, spec, relay.callback).fit)
 
 
 def _final(checkpoint: ray.train.Checkpoint) -> tuple[list[dict[str, float]], weights_io.Encoded]:

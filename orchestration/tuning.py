@@ -46,7 +46,7 @@ class RaySettings:
       a trial passes no Ray Dataset (ToyNet workers read the node-cached arrays).
     - ``shared_result_queue``: each driver process keeps one Tune result queue (an actor)
       for all its trials instead of Tune starting one per trial
-      (:func:`orchestration.ray_train._reuse_result_queue`).
+      (:func:`orchestration.relay.result_queue`).
     - ``gloo_backend``: CPU trials use :class:`orchestration.gloo.GlooConfig`, whose
       Train controller never imports torch, instead of Ray's ``TorchConfig``.
     - ``preload_modules``: modules Ray's idle worker processes import before they are

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -130,3 +131,35 @@ def _wait_for_nodes(cluster, count: int, timeout: float = 90) -> None:
             return
         time.sleep(2)
     raise AssertionError(f"the cluster did not reach {count} nodes")
+
+
+_SLOW_TUNE_LOOP = """
+import sys, time
+from orchestration import grid, progress
+
+# A busy Tune loop, as on a loaded machine: each result takes 3 s to process, so the
+# run's last epoch report and the driver's return both arrive before Tune asks the
+# trial for its next result.
+_on_result = progress.GridProgress.on_trial_result
+def slow(self, *args, **kwargs):
+    time.sleep(3)
+    return _on_result(self, *args, **kwargs)
+progress.GridProgress.on_trial_result = slow
+sys.exit(grid.main(sys.argv[1:]))
+"""
+
+
+def test_grid_finishes_when_tune_loop_lags_behind_the_run(ray_cluster, tmp_path):
+    """Regression: Ray 2.60's own Train→Tune relay (``TuneReportCallback``) deadlocks
+    when the run's last report is still queued as its driver returns: Tune's main thread
+    then blocks putting that report into the one-slot queue that already holds the
+    driver's final result. The grid relays reports in the driver's own thread instead.
+    """
+    config = tmp_path / "lag.yaml"
+    config.write_text("experiment: lag\ngrid: {dataset: digits, bn: true, batch_size: 64, transforms: none, epochs: 3}\n")
+    cmd, env = ray_cluster._grid_cmd(("--config", str(config), "--artifacts", str(tmp_path / "a")))
+    out = subprocess.run([sys.executable, "-c", _SLOW_TUNE_LOOP, *cmd[2:]], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (run,) = ArtifactStore(tmp_path / "a").runs("lag").to_pylist()
+    assert run["status"] == "complete" and run["epochs_done"] == 3
