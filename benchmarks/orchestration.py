@@ -17,8 +17,10 @@
        DatasetManager;
      - "+ gloo backend": also the gloo backend whose controller never imports torch
        (orchestration.gloo);
+     - "+ one result queue per driver": also one Tune result queue per driver
+       process instead of one per trial;
      - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings): also
-       one Tune result queue per driver process instead of one per trial.
+       no ``PlacementGroupCleaner`` actor per trial (orchestration.pg_reaper).
    ``--with-preload`` adds "grid.py + preload torch" (idle Ray workers import torch).
 2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
    toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
@@ -60,9 +62,10 @@ from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: 
 VARIANTS = {
     "ray defaults": RAY_DEFAULTS,
     "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True,
-                                      gloo_backend=False, shared_result_queue=False),
-    "+ helpers cut, TorchConfig": RaySettings(gloo_backend=False, shared_result_queue=False),
-    "+ gloo backend": RaySettings(shared_result_queue=False),
+                                      gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True),
+    "+ helpers cut, TorchConfig": RaySettings(gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True),
+    "+ gloo backend": RaySettings(shared_result_queue=False, pg_cleaner_actor=True),
+    "+ one result queue per driver": RaySettings(pg_cleaner_actor=True),
     "grid.py": RaySettings(),
 }
 PRELOAD = {"grid.py + preload torch": RaySettings(preload_modules=("torch",))}

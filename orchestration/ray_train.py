@@ -32,10 +32,12 @@ import ray.train
 from ray.train import UserCallback
 from ray.train.backend import BackendConfig
 from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from orchestration import weights as weights_io
 from orchestration.gloo import GlooConfig
+from orchestration.pg_reaper import RecordPlacementGroup, reap, reap_quietly
 from orchestration.relay import Relay, result_queue
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
 from toynet.errors import WeightsError
@@ -57,24 +59,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 class _GridTrainer(DataParallelTrainer):
-    """Ray Train's data-parallel trainer that can leave out Train's Ray Data plumbing.
+    """Ray Train's data-parallel trainer without the per-run helpers a grid never needs.
 
     Ray Train 2.60 starts a ``DatasetManager`` actor for every run, Ray Datasets or
     not: one more Python process per trial importing ``ray.train`` (1–2 CPU-s here).
     ToyNet workers read the node-cached arrays, so a run without ``datasets`` drops
-    that callback. ``_create_default_callbacks`` is Ray's private hook (ray is pinned
-    to 2.60.x); tests/test_ray_grid.py checks that no ``DatasetManager`` starts.
+    that callback. With ``placement_group_key``, Ray's per-run ``PlacementGroupCleaner``
+    actor (another such process) gives way to :mod:`orchestration.pg_reaper`.
+    ``_create_default_callbacks`` is Ray's private hook (ray is pinned to 2.60.x);
+    tests/test_ray_grid.py checks that neither actor starts.
     """
 
-    def __init__(self, *args: Any, dataset_manager: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dataset_manager: bool = True, placement_group_key: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._dataset_manager = dataset_manager or bool(self.datasets)
+        self._placement_group_key = placement_group_key
 
     def _create_default_callbacks(self) -> list[Any]:
         callbacks = super()._create_default_callbacks()
-        if self._dataset_manager:
-            return callbacks
-        return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+        if not self._dataset_manager:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+        if self._placement_group_key:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, PlacementGroupCleanerCallback)]
+            callbacks.append(RecordPlacementGroup(self._placement_group_key))
+        return callbacks
 
 
 def _backend(gloo: bool, gpus: float) -> BackendConfig:
@@ -86,13 +95,14 @@ def _backend(gloo: bool, gpus: float) -> BackendConfig:
     return TorchConfig(backend="nccl" if gpus else "gloo")
 
 
-def _trainer(config: dict[str, Any], spec: RunSpec, report: UserCallback) -> DataParallelTrainer:
+def _trainer(config: dict[str, Any], spec: RunSpec, report: UserCallback, pg_key: str | None) -> DataParallelTrainer:
     res = config["resources"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if res["gpus_per_worker"] else {})}
     per_worker.update(res.get("custom_per_worker") or {})
     return _GridTrainer(
         train_loop_per_worker,
         dataset_manager=config["dataset_manager"],
+        placement_group_key=pg_key,
         backend_config=_backend(config["gloo_backend"], res["gpus_per_worker"]),
         train_loop_config=config["worker"],
         scaling_config=ray.train.ScalingConfig(
@@ -139,10 +149,25 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     return {"status": "complete", **{k: curve[-1][k] for k in ("loss", "acc", "val_loss", "val_acc")}}
 
 
+def placement_group_key(config: dict[str, Any]) -> str | None:
+    """Where a grid point's Train controller records its placement group (orchestration.pg_reaper);
+    None when Ray's own cleaner actor does that job."""
+    if config["pg_cleaner_actor"]:
+        return None
+    return f"{config['ray_storage']}/{config['run_id']}"
+
+
 def _fit(config: dict[str, Any], spec: RunSpec) -> Any:
     """Train the run, each epoch's report relayed to Tune; returns Train's ``Result``."""
     relay = Relay(result_queue(shared=config["shared_result_queue"]))
-    return relay.run(_trainer(config, spec, relay.callback).fit)
+    key = placement_group_key(config)
+    if key:
+        reap(key)  # a Tune retry: the last attempt's controller died with its driver
+    try:
+        return relay.run(_trainer(config, spec, relay.callback, key).fit)
+    finally:
+        if key:
+            reap_quietly(key)  # a controller that returned removed it; one that died did not
 
 
 def _final(checkpoint: ray.train.Checkpoint) -> tuple[list[dict[str, float]], weights_io.Encoded]:

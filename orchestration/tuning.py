@@ -19,7 +19,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestration.config import GridConfig
 from orchestration.plan import DRIVER_RESOURCES, ClusterResources, ResourcePlan, join_root
 from orchestration.progress import GridProgress
-from orchestration.ray_train import driver
+from orchestration.pg_reaper import reap_quietly
+from orchestration.ray_train import driver, placement_group_key
 from orchestration.store import ArtifactStore
 from toynet.errors import ConfigError
 from toynet.spec import RunSpec
@@ -49,6 +50,10 @@ class RaySettings:
       (:func:`orchestration.relay.result_queue`).
     - ``gloo_backend``: CPU trials use :class:`orchestration.gloo.GlooConfig`, whose
       Train controller never imports torch, instead of Ray's ``TorchConfig``.
+    - ``pg_cleaner_actor``: Ray Train's detached ``PlacementGroupCleaner`` actor per
+      trial, which frees a dead controller's placement group. Off: the controller
+      records the group in Ray's key-value store and the grid frees it
+      (:mod:`orchestration.pg_reaper`), without a process per trial.
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -62,6 +67,7 @@ class RaySettings:
     dataset_manager: bool = False
     gloo_backend: bool = True
     shared_result_queue: bool = True
+    pg_cleaner_actor: bool = False
     preload_modules: tuple[str, ...] = ()
 
     def train_env(self) -> dict[str, str]:
@@ -76,7 +82,7 @@ class RaySettings:
 
 RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
-    dataset_manager=True, gloo_backend=False, shared_result_queue=False,
+    dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""
 
@@ -148,6 +154,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
         "dataset_manager": settings.dataset_manager,
         "gloo_backend": settings.gloo_backend,
         "shared_result_queue": settings.shared_result_queue,
+        "pg_cleaner_actor": settings.pg_cleaner_actor,
         "worker": {
             "spec": spec.to_dict(),
             "data_dir": data_dir,
@@ -157,6 +164,24 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
             "fault": fault,
         },
     }
+
+
+class _FreeEndedTrials(tune.Callback):
+    """When a trial ends, free the placement group its Train controller may have left:
+    Tune gave up on it (its driver died on every attempt) or stopped it
+    (orchestration.pg_reaper). A trial whose driver returned has nothing left."""
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._free(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._free(trial)
+
+    @staticmethod
+    def _free(trial: Any) -> None:
+        key = placement_group_key(trial.config["grid_point"])
+        if key:
+            reap_quietly(key)
 
 
 def run_on_ray(
@@ -182,7 +207,7 @@ def run_on_ray(
                 name=cfg.storage.experiment,
                 storage_path=join_root(store.root, ".ray", "tune"),
                 verbose=0,
-                callbacks=[progress],
+                callbacks=[progress, _FreeEndedTrials()],
                 failure_config=tune.FailureConfig(max_failures=cfg.failure.max_retries),
             ),
         )

@@ -55,6 +55,15 @@ class RayCluster:
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    def alive_actor_pids(self, class_name: str) -> list[int]:
+        """Process ids of this cluster's live actors of one class, from Ray's state API."""
+        code = ("import json; from ray.util.state import list_actors;"
+                f"print(json.dumps([a.pid for a in list_actors(address={self.dashboard!r}, "
+                f"filters=[('class_name', '=', {class_name!r}), ('state', '=', 'ALIVE')])]))")
+        out = self.run(sys.executable, "-c", code)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     def add_node(self, cpus: int = 1) -> subprocess.Popen:
         """A second node on this machine; terminating the returned process stops that node."""
         return subprocess.Popen(

@@ -1,7 +1,7 @@
 """Processes that run no torch code don't import torch (1.5–3 CPU-s and ~400 MB each).
 
 Ray Tune's per-trial driver (orchestration.ray_train), what the Train controller loads
-(orchestration.gloo, .relay), grid.py until it loads data, and the store
+(orchestration.gloo, .relay, .pg_reaper), grid.py until it loads data, and the store
 all stay torch-free; each module is imported in a fresh interpreter, so nothing
 earlier in the test session has loaded torch for it.
 """
@@ -16,7 +16,7 @@ import pytest
 from tests.ray_cluster import REPO as REPO_ROOT
 
 TORCH_FREE = ["toynet", "toynet.spec", "orchestration.config", "orchestration.store", "orchestration.grid",
-              "orchestration.gloo", "orchestration.relay", "orchestration.ray_train", "orchestration.tuning"]
+              "orchestration.gloo", "orchestration.relay", "orchestration.pg_reaper", "orchestration.ray_train", "orchestration.tuning"]
 
 
 def _imported(module: str) -> list[str]:

@@ -68,7 +68,7 @@ def test_smoke_grid_via_ray_job_submit(ray_cluster, tmp_path):
     # (4 trials on 2 reused drivers here; counts include earlier tests on this cluster).
     actors = ray_cluster.actor_counts()
     assert actors.get("TrainController", 0) >= SMOKE_RUNS and actors.get("RayTrainWorker", 0) >= SMOKE_RUNS
-    assert not actors.keys() & {"DatasetManager", "PreemptionWatcher"}, actors
+    assert not actors.keys() & {"DatasetManager", "PreemptionWatcher", "PlacementGroupCleaner"}, actors
     assert actors["_QueueActor"] <= actors["ImplicitFunc"] < actors["TrainController"], actors
 
     # Running the same grid again trains nothing and leaves the records untouched.

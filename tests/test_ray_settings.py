@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ray.train
 from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
 from orchestration.config import Overrides, apply_overrides, load_config
-from orchestration.ray_train import _GridTrainer
+from orchestration.pg_reaper import RecordPlacementGroup
+from orchestration.ray_train import _GridTrainer, placement_group_key
 from orchestration.tuning import RAY_DEFAULTS, RaySettings, grid_point
 from toynet.options import TrainOptions
 
@@ -31,11 +33,11 @@ def test_grid_point_carries_the_train_environment_and_the_dataset_switch():
         "RAY_TRAIN_METRICS_ENABLED": "0",
     }
     assert point["dataset_manager"] is False and point["gloo_backend"] is True
-    assert point["shared_result_queue"] is True
+    assert point["shared_result_queue"] is True and point["pg_cleaner_actor"] is False
     defaults = grid_point(cfg, cfg.runs[0], "/tmp/store", None, RAY_DEFAULTS)
     assert defaults["train_env"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
     assert defaults["dataset_manager"] is True and defaults["gloo_backend"] is False
-    assert defaults["shared_result_queue"] is False
+    assert defaults["shared_result_queue"] is False and defaults["pg_cleaner_actor"] is True
 
 
 def test_grid_point_carries_the_execution_options_to_the_workers():
@@ -52,6 +54,23 @@ def test_the_dataset_manager_is_left_out_only_when_no_ray_dataset_is_passed():
     # A run that does pass a Ray Dataset keeps Train's plumbing whatever the switch says.
     with_data = _GridTrainer(_loop, scaling_config=scaling, dataset_manager=False, datasets={"train": lambda: None})
     assert _has_dataset_manager(with_data)
+
+
+def test_a_placement_group_key_swaps_rays_cleaner_actor_for_the_recorder():
+    scaling = ray.train.ScalingConfig(num_workers=1)
+    kinds = {type(cb) for cb in _GridTrainer(_loop, scaling_config=scaling)._create_default_callbacks()}
+    assert PlacementGroupCleanerCallback in kinds and RecordPlacementGroup not in kinds
+    keyed = _GridTrainer(_loop, scaling_config=scaling, placement_group_key="/store/.ray/smoke/run")
+    kinds = {type(cb) for cb in keyed._create_default_callbacks()}
+    assert PlacementGroupCleanerCallback not in kinds and RecordPlacementGroup in kinds
+
+
+def test_placement_group_key_names_the_run_unless_rays_cleaner_is_used():
+    cfg = load_config(SMOKE)
+    spec = cfg.runs[0]
+    point = grid_point(cfg, spec, "/tmp/store", None, RaySettings())
+    assert placement_group_key(point) == f"/tmp/store/.ray/smoke/{spec.run_id}"
+    assert placement_group_key(grid_point(cfg, spec, "/tmp/store", None, RAY_DEFAULTS)) is None
 
 
 def test_cpu_trials_get_a_backend_whose_controller_never_imports_torch():

@@ -4,12 +4,15 @@
    checkpoint and the result is identical to an uninterrupted run;
 2. the grid driver is SIGKILLed → rerunning the same command trains only what is missing;
 3. a worker node disappears → the affected trial is retried on the remaining node;
+   a trial's Tune driver is killed → its retry gets back the CPUs the dead Train
+   controller's placement group held, and completes;
 4./5. a run that keeps failing is recorded as failed after bounded retries, and the
    rest of the grid completes.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -113,6 +116,28 @@ def test_lost_worker_node_trial_is_retried_on_the_remaining_node(ray_cluster, tm
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     records = _records(store, "nodeloss")
     assert len(records) == 3 and all(r["status"] == "complete" and r["epochs_done"] == 12 for r in records.values())
+
+
+def test_killed_driver_frees_its_placement_group_for_the_retry(ray_cluster, tmp_path):
+    """The trial's worker takes both of the head's CPUs. Killing its Tune driver kills
+    the Train controller with it, whose worker group's placement group would then hold
+    those CPUs until the job ends, starving Tune's retry; the retry frees it first
+    (orchestration.pg_reaper) and resumes from the last checkpoint."""
+    config = _config(tmp_path / "d.yaml", "driverloss",
+                     "{dataset: digits, bn: true, batch_size: 64, transforms: none, epochs: 8}",
+                     "resources: {cpus_per_worker: 2}\n")
+    proc = ray_cluster.grid_popen("--config", str(config), "--artifacts", str(tmp_path / "a"))
+    try:
+        _wait(lambda: any((tmp_path / "a" / ".ray" / "driverloss").glob("*/checkpoint_*")), timeout=400)
+        (driver_pid,) = ray_cluster.alive_actor_pids("ImplicitFunc")
+        os.kill(driver_pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "left by a Train controller that died" in stdout + stderr
+    (record,) = _records(ArtifactStore(tmp_path / "a"), "driverloss").values()
+    assert record["status"] == "complete" and record["epochs_done"] == 8
 
 
 def _wait(predicate, timeout: float, every: float = 1.0) -> None:
