@@ -19,8 +19,10 @@
        (orchestration.gloo);
      - "+ one result queue per driver": also one Tune result queue per driver
        process instead of one per trial;
+     - "+ no PG cleaner actor": also no ``PlacementGroupCleaner`` actor per trial
+       (orchestration.pg_reaper);
      - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings): also
-       no ``PlacementGroupCleaner`` actor per trial (orchestration.pg_reaper).
+       no Ray dashboard.
    ``--with-preload`` adds "grid.py + preload torch" (idle Ray workers import torch).
 2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
    toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
@@ -62,10 +64,13 @@ from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: 
 VARIANTS = {
     "ray defaults": RAY_DEFAULTS,
     "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True,
-                                      gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True),
-    "+ helpers cut, TorchConfig": RaySettings(gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True),
-    "+ gloo backend": RaySettings(shared_result_queue=False, pg_cleaner_actor=True),
-    "+ one result queue per driver": RaySettings(pg_cleaner_actor=True),
+                                      gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
+                                      dashboard=True),
+    "+ helpers cut, TorchConfig": RaySettings(gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
+                                              dashboard=True),
+    "+ gloo backend": RaySettings(shared_result_queue=False, pg_cleaner_actor=True, dashboard=True),
+    "+ one result queue per driver": RaySettings(pg_cleaner_actor=True, dashboard=True),
+    "+ no PG cleaner actor": RaySettings(dashboard=True),
     "grid.py": RaySettings(),
 }
 PRELOAD = {"grid.py + preload torch": RaySettings(preload_modules=("torch",))}

@@ -54,6 +54,9 @@ def _parser() -> ArgumentParser:
                    help="bf16 autocast; changes numerics (off: comparable with the seed)")
     p.add_argument("--compile", help="torch.compile mode for the training step: default, reduce-overhead "
                    "(CUDA graphs), max-autotune, max-autotune-no-cudagraphs")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard with the local Ray instance (off: it slows start-up); "
+                   "a cluster grid.py joins keeps its own")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress reports")
     # Test-only fault injection, hidden from --help (see _parse_fault).
     p.add_argument("--inject-fault", help=argparse.SUPPRESS, default=None)
@@ -111,9 +114,10 @@ def _body(argv: Sequence[str] | None) -> int:
         return _summarise(cfg, store)
     _check_data(cfg)
     store.check_writable()  # after every input check: a failed check leaves no empty root behind
-    from orchestration.tuning import run_on_ray  # imports ray: only after input is validated
+    from orchestration.tuning import RaySettings, run_on_ray  # imports ray: only after input is validated
 
-    run_on_ray(cfg, store, pending, progress_interval=args.progress_interval, fault=fault)
+    run_on_ray(cfg, store, pending, progress_interval=args.progress_interval, fault=fault,
+               settings=RaySettings(dashboard=args.dashboard))
     return _summarise(cfg, store)
 
 

@@ -54,6 +54,11 @@ class RaySettings:
       trial, which frees a dead controller's placement group. Off: the controller
       records the group in Ray's key-value store and the grid frees it
       (:mod:`orchestration.pg_reaper`), without a process per trial.
+    - ``dashboard``: Ray's dashboard, for a Ray instance grid.py starts itself (a
+      cluster it joins keeps its own). Off: it and its ten or so module processes cost
+      about 4 CPU-s of start-up; the smoke grid ran 12% faster without them. grid.py's
+      ``--dashboard`` turns it on. Ray's own ``PlacementGroupCleaner`` needs it (it polls
+      the dashboard's state API); :mod:`orchestration.pg_reaper` does not.
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -68,7 +73,12 @@ class RaySettings:
     gloo_backend: bool = True
     shared_result_queue: bool = True
     pg_cleaner_actor: bool = False
+    dashboard: bool = False
     preload_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pg_cleaner_actor and not self.dashboard:
+            raise ValueError("pg_cleaner_actor needs dashboard: Ray's cleaner polls the dashboard's state API")
 
     def train_env(self) -> dict[str, str]:
         """Environment the driver sets before ``fit()``; Train reads it there and
@@ -83,6 +93,7 @@ class RaySettings:
 RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
     dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
+    dashboard=True,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""
 
@@ -101,11 +112,12 @@ def connect(settings: RaySettings = RaySettings()) -> str:
         return "joined the Ray cluster running on this machine (started with `ray start`)"
     except ConnectionError:
         pass
-    # A private cluster for this run: the dashboard (needed to clean up the placement
-    # groups of stopped trials) listens on 127.0.0.1 only.
+    # A private cluster for this run; a dashboard, if asked for, listens on 127.0.0.1 only.
     system_config = {"preload_python_modules": list(settings.preload_modules)} if settings.preload_modules else {}
-    ray.init(dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True, _system_config=system_config)
-    return f"started a local Ray instance with {ray.cluster_resources().get('CPU', 0):g} CPUs"
+    context = ray.init(dashboard_host="127.0.0.1", include_dashboard=settings.dashboard, log_to_driver=True,
+                       _system_config=system_config)
+    dashboard = f"dashboard at http://{context.dashboard_url}" if settings.dashboard else "no dashboard; --dashboard starts one"
+    return f"started a local Ray instance with {ray.cluster_resources().get('CPU', 0):g} CPUs ({dashboard})"
 
 
 def cluster_resources() -> ClusterResources:

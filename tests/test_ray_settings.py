@@ -3,6 +3,7 @@ and the execution options (no Ray instance needed)."""
 
 from __future__ import annotations
 
+import pytest
 import ray.train
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
@@ -71,6 +72,13 @@ def test_placement_group_key_names_the_run_unless_rays_cleaner_is_used():
     point = grid_point(cfg, spec, "/tmp/store", None, RaySettings())
     assert placement_group_key(point) == f"/tmp/store/.ray/smoke/{spec.run_id}"
     assert placement_group_key(grid_point(cfg, spec, "/tmp/store", None, RAY_DEFAULTS)) is None
+
+
+def test_grid_py_starts_ray_without_the_dashboard_which_only_rays_cleaner_needs():
+    assert RaySettings().dashboard is False and RAY_DEFAULTS.dashboard is True
+    with pytest.raises(ValueError, match="pg_cleaner_actor needs dashboard"):
+        RaySettings(pg_cleaner_actor=True)
+    assert RaySettings(pg_cleaner_actor=True, dashboard=True).pg_cleaner_actor
 
 
 def test_cpu_trials_get_a_backend_whose_controller_never_imports_torch():
