@@ -7,15 +7,12 @@ files, which makes them work under any store root (local or object-store URI).
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from orchestration.records import RunRecord
-
-log = logging.getLogger(__name__)
 
 # Scalar tags "<metric>/<split>": TensorBoard groups by the prefix, so train and
 # validation of one metric sit side by side.
