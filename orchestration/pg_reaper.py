@@ -13,9 +13,10 @@ store (in the GCS, no process) under the run's key, and :func:`reap` removes a
 recorded group that still exists. The grid calls it where a controller may have died:
 the trial's driver before it starts Train (a Tune retry after the driver was lost)
 and after Train returns or fails, and grid.py when a trial ends in Tune, whether
-Tune gave up on it or stopped it (orchestration.tuning). ``ray.experimental.internal_kv`` and Train's callback
-classes are Ray internals (ray is pinned to 2.60.x); tests/test_reliability.py kills
-a driver mid-run and checks that the retry gets the CPUs back.
+Tune gave up on it or stopped it (orchestration.tuning). ``ray.experimental.internal_kv``
+and Train's callback classes are Ray internals (ray is pinned to 2.60.x);
+tests/test_reliability.py kills a driver mid-run and checks that the retry gets the
+CPUs back.
 """
 
 from __future__ import annotations

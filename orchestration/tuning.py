@@ -116,7 +116,8 @@ def connect(settings: RaySettings = RaySettings()) -> str:
     system_config = {"preload_python_modules": list(settings.preload_modules)} if settings.preload_modules else {}
     context = ray.init(dashboard_host="127.0.0.1", include_dashboard=settings.dashboard, log_to_driver=True,
                        _system_config=system_config)
-    dashboard = f"dashboard at http://{context.dashboard_url}" if settings.dashboard else "no dashboard; --dashboard starts one"
+    dashboard = (f"dashboard at http://{context.dashboard_url}" if settings.dashboard
+                 else "no dashboard; --dashboard starts one")
     return f"started a local Ray instance with {ray.cluster_resources().get('CPU', 0):g} CPUs ({dashboard})"
 
 
