@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -46,23 +47,25 @@ class RayCluster:
         cmd, env = self._grid_cmd(args)
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def actor_counts(self) -> dict[str, int]:
-        """How many actors of each class this cluster has run (alive or dead), from Ray's state API."""
-        code = ("import json, collections; from ray.util.state import list_actors;"
-                f"print(json.dumps(collections.Counter(a.class_name for a in list_actors(address={self.dashboard!r}, "
-                "limit=10000))))")
+    def _actors(self, options: str = "") -> list[dict]:
+        """Class name, state and pid of this cluster's actors (alive or dead), from Ray's state API.
+
+        ``options``: extra ``list_actors`` keyword arguments, as Python source."""
+        code = ("import json; from ray.util.state import list_actors;"
+                f"print(json.dumps([{{'class_name': a.class_name, 'state': a.state, 'pid': a.pid}} "
+                f"for a in list_actors(address={self.dashboard!r}, limit=10000, {options})]))")
         out = self.run(sys.executable, "-c", code)
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    def actor_counts(self) -> dict[str, int]:
+        """How many actors of each class this cluster has run (alive or dead)."""
+        return dict(Counter(a["class_name"] for a in self._actors()))
+
     def alive_actor_pids(self, class_name: str) -> list[int]:
-        """Process ids of this cluster's live actors of one class, from Ray's state API."""
-        code = ("import json; from ray.util.state import list_actors;"
-                f"print(json.dumps([a.pid for a in list_actors(address={self.dashboard!r}, "
-                f"filters=[('class_name', '=', {class_name!r}), ('state', '=', 'ALIVE')])]))")
-        out = self.run(sys.executable, "-c", code)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        """Process ids of this cluster's live actors of one class."""
+        alive = f"filters=[('class_name', '=', {class_name!r}), ('state', '=', 'ALIVE')]"
+        return [a["pid"] for a in self._actors(alive)]
 
     def add_node(self, cpus: int = 1) -> subprocess.Popen:
         """A second node on this machine; terminating the returned process stops that node."""
