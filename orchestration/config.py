@@ -94,6 +94,13 @@ class Resources:
     gpus_per_worker: float = 0.0
     max_concurrent_trials: int | None = None
     placement_strategy: str = "PACK"
+    train_in_trial: bool = True
+
+    @property
+    def uses_in_trial(self) -> bool:
+        """One-worker runs train inside their Tune trial's process (orchestration.in_trial);
+        runs with more workers always use Ray Train's worker actors."""
+        return self.train_in_trial and self.workers_per_trial == 1
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,7 @@ class Overrides:
     gpus_per_worker: float | None = None
     max_concurrent_trials: int | None = None
     placement_strategy: str | None = None
+    train_in_trial: bool | None = None
     data_dir: str | None = None
     download: bool | None = None
     train_limit: int | None = None
@@ -315,6 +323,7 @@ _SECTIONS: dict[str, dict[str, tuple[Validator, Any]]] = {
         "gpus_per_worker": (_gpus, 0.0),
         "max_concurrent_trials": (_int_at_least(1, nullable=True), None),
         "placement_strategy": (_placement, "PACK"),
+        "train_in_trial": (_bool, True),
     },
     "storage": {"artifacts": (_artifacts, "artifacts")},
     "failure": {"max_retries": (_int_at_least(0), 2)},
@@ -535,6 +544,7 @@ _OVERRIDE_PATHS: dict[str, tuple[str, str]] = {
     "gpus_per_worker": ("resources", "gpus_per_worker"),
     "max_concurrent_trials": ("resources", "max_concurrent_trials"),
     "placement_strategy": ("resources", "placement_strategy"),
+    "train_in_trial": ("resources", "train_in_trial"),
     "data_dir": ("data", "dir"),
     "download": ("data", "download"),
     "train_limit": ("data", "train_limit"),

@@ -43,6 +43,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, help="fractions let several trials share a GPU")
     p.add_argument("--max-concurrent-trials", type=int, help="default: as many as the cluster fits")
     p.add_argument("--placement-strategy", help="PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+    p.add_argument("--train-in-trial", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-worker runs train inside their Tune trial's process (default); "
+                        "--no-train-in-trial starts Ray Train worker actors for them too")
     p.add_argument("--data-dir", help="dataset root (default: $TOYNET_DATA, then the user cache)")
     p.add_argument("--download", action="store_true", default=None, help="allow dataset downloads")
     p.add_argument("--train-limit", type=int)
@@ -65,7 +68,7 @@ def _parser() -> ArgumentParser:
 
 def _overrides(args: Any) -> Overrides:
     names = ("experiment", "artifacts", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
-             "max_concurrent_trials", "placement_strategy", "data_dir", "download", "train_limit",
+             "max_concurrent_trials", "placement_strategy", "train_in_trial", "data_dir", "download", "train_limit",
              "val_limit", "max_retries", "epochs", "channels_last", "bf16_autocast", "compile")
     return Overrides(**{n: getattr(args, n) for n in names})
 

@@ -18,6 +18,17 @@ from toynet.errors import ConfigError
 DRIVER_RESOURCES: dict[str, float] = {"memory": 1}
 
 
+def trial_resources(res: Resources) -> dict[str, float]:
+    """What Tune reserves for each trial's driver process.
+
+    When it trains in the trial, the driver is the run's only worker, so it holds the worker's CPUs
+    and GPUs (a fraction lets trials share a GPU); otherwise Train's worker group does.
+    """
+    if not res.uses_in_trial:
+        return dict(DRIVER_RESOURCES)
+    return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+
+
 @dataclass(frozen=True)
 class ClusterResources:
     """What a cluster offers in total and on its largest node."""
@@ -67,11 +78,13 @@ class ResourcePlan:
     def describe(self, where: str) -> str:
         r = self.resources
         gpu = f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
-        return (
-            f"resource plan on {where}: {self.pending} runs to train; each trial = {r.workers_per_trial} "
-            f"worker(s) × ({r.cpus_per_worker:g} CPU{gpu}), placement {r.placement_strategy}; "
-            f"{self.concurrent} trial(s) at a time"
-        )
+        if r.uses_in_trial:
+            shape = f"1 worker ({r.cpus_per_worker:g} CPU{gpu}) in the Tune trial's own process"
+        else:
+            shape = (f"{r.workers_per_trial} Ray Train worker(s) × ({r.cpus_per_worker:g} CPU{gpu}), "
+                     f"placement {r.placement_strategy}")
+        return (f"resource plan on {where}: {self.pending} runs to train; each trial = {shape}; "
+                f"{self.concurrent} trial(s) at a time")
 
 
 def _check_placeable(res: Resources, cluster: ClusterResources) -> None:

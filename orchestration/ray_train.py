@@ -1,21 +1,24 @@
 """The Ray-facing pieces of one grid point, named as Ray names them.
 
-- :func:`driver` is the Ray Tune function trainable for one grid point: it builds
-  the Ray Train trainer, runs it, and writes the run's record (complete or failed)
-  into the artifacts store.
+- :func:`driver` is the Ray Tune function trainable for one grid point: it trains the
+  run and writes its record (complete or failed) into the artifacts store. A
+  one-worker run trains right there, in the trial's process
+  (:mod:`orchestration.in_trial`); otherwise the driver builds a Ray Train trainer
+  and runs it.
 - :func:`train_loop_per_worker` runs on every Ray Train worker; its body is
   :func:`orchestration.train_worker.run`, imported there and only there.
 
-This module never imports torch (tests/test_import_cost.py checks it): the driver
-runs in its own Ray process per concurrent trial, which would otherwise pay
-``import torch`` and ``ray.train.torch`` (~2 CPU-s, ~400 MB resident) without running
-any torch code. So the trainer is Ray's ``DataParallelTrainer`` with the torch backend
-config that ``TorchTrainer`` would pass (``TorchTrainer`` adds nothing else for
-non-local runs), and the run's curve and encoded weights come back as files in its
-last checkpoint.
+This module never imports torch (tests/test_import_cost.py checks it): a driver of
+Train workers runs in its own Ray process per concurrent trial, which would otherwise
+pay ``import torch`` and ``ray.train.torch`` (~2 CPU-s, ~400 MB resident) without
+running any torch code. So the trainer is Ray's ``DataParallelTrainer`` with the torch
+backend config that ``TorchTrainer`` would pass (``TorchTrainer`` adds nothing else
+for non-local runs), and the run's curve and encoded weights come back as files in
+its last checkpoint.
 
-Train run names are the grid point's run id, so a restarted worker, a Tune retry or
-a rerun of the whole grid finds its checkpoints again and resumes.
+Checkpoints live under the grid point's run id (Train's run name, or the in-trial
+checkpoint directory), so a restarted worker, a Tune retry or a rerun of the whole
+grid finds them again and resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from orchestration import weights as weights_io
 from orchestration.gloo import GlooConfig
+from orchestration.in_trial import Checkpoints, fit_in_trial
 from orchestration.pg_reaper import RecordPlacementGroup, reap, reap_quietly
+from orchestration.plan import join_root
 from orchestration.relay import Relay, result_queue
 from orchestration.store import ArtifactStore, RunRecord, collect_versions
 from toynet.errors import WeightsError
@@ -138,36 +143,50 @@ def driver(config: dict[str, Any]) -> dict[str, Any]:
     store = ArtifactStore(config["artifacts"])
     started = time.perf_counter()
     try:
-        result = _fit(config, spec)
-        curve, weights = _final(result.checkpoint)
+        metrics, checkpoint = _fit(config, spec)
+        curve, weights = _final(checkpoint)
     except Exception as exc:  # any failure of the run is recorded, not raised
         error = _one_line(exc)
         log.error("run %s failed: %s\n%s", spec.run_id, error, traceback.format_exc())
         store.write_run(_record(config, spec, "failed", [], started, {}, error), None)
         return {"status": "failed", "error": error}
-    store.write_run(_record(config, spec, "complete", curve, started, result.metrics or {}), weights)
+    store.write_run(_record(config, spec, "complete", curve, started, metrics), weights)
     return {"status": "complete", **{k: curve[-1][k] for k in ("loss", "acc", "val_loss", "val_acc")}}
 
 
 def placement_group_key(config: dict[str, Any]) -> str | None:
     """Where a grid point's Train controller records its placement group (orchestration.pg_reaper);
     None when Ray's own cleaner actor does that job."""
-    if config["pg_cleaner_actor"]:
+    if config["pg_cleaner_actor"] or config["in_trial"]:
         return None
     return f"{config['ray_storage']}/{config['run_id']}"
 
 
-def _fit(config: dict[str, Any], spec: RunSpec) -> Any:
-    """Train the run, each epoch's report relayed to Tune; returns Train's ``Result``."""
+def _fit(config: dict[str, Any], spec: RunSpec) -> tuple[dict[str, Any], ray.train.Checkpoint]:
+    """Train the run, each epoch's report relayed to Tune; returns its last metrics and checkpoint."""
+    if config["in_trial"]:
+        return _fit_in_trial(config, spec)
     relay = Relay(result_queue(shared=config["shared_result_queue"]))
     key = placement_group_key(config)
     if key:
         reap(key)  # a Tune retry: the last attempt's controller died with its driver
     try:
-        return relay.run(_trainer(config, spec, relay.callback, key).fit)
+        result = relay.run(_trainer(config, spec, relay.callback, key).fit)
+        return result.metrics or {}, result.checkpoint
     finally:
         if key:
             reap_quietly(key)  # a controller that returned removed it; one that died did not
+
+
+def _fit_in_trial(config: dict[str, Any], spec: RunSpec) -> tuple[dict[str, Any], ray.train.Checkpoint]:
+    """The one-worker run in this, the trial's, process (orchestration.in_trial)."""
+    from ray import tune  # the driver is a Tune trainable: already imported there
+
+    from orchestration.train_worker import run_in_trial  # imports torch: the run trains here
+
+    checkpoints = Checkpoints(join_root(config["ray_storage"], spec.run_id))
+    return fit_in_trial(spec.run_id, lambda report, resume: run_in_trial(config["worker"], report, resume),
+                        checkpoints, tune.report, max_failures=config["max_retries"])
 
 
 def _final(checkpoint: ray.train.Checkpoint) -> tuple[list[dict[str, float]], weights_io.Encoded]:

@@ -1,11 +1,13 @@
-"""What runs on each Ray Train worker for one grid point: the only Ray-side module that imports torch.
+"""What trains one grid point: the only Ray-side module that imports torch.
 
-:func:`run` loads the node-cached dataset, resumes from the last Train checkpoint if
-there is one, and runs ``toynet.train.fit`` with a hook that reports metrics every
-epoch. Rank 0 attaches a checkpoint holding the resume state (``state.pt``); the last
-epoch's also holds what the Tune driver stores when the run ends: the curve as JSON
-and the weights already encoded for the store (:class:`orchestration.weights.Encoded`).
-The driver reads those two without importing torch.
+:func:`run` is the body of each Ray Train worker; :func:`run_in_trial` runs a
+one-worker run inside its Tune trial's process (orchestration.in_trial). Both load the
+node-cached dataset, resume from the latest checkpoint if there is one, and run
+``toynet.train.fit`` with a hook that reports metrics every epoch. Rank 0 attaches
+a checkpoint holding the resume state (``state.pt``); the last epoch's also holds
+what the Tune driver stores when the run ends: the curve as JSON and the weights
+already encoded for the store (:class:`orchestration.weights.Encoded`). The driver
+reads those two without importing torch.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray.train
 import ray.train.torch
+import torch
 
 from orchestration import weights as weights_io
 from orchestration.ray_train import CURVE_FILE, STATE_FILE
@@ -27,42 +31,74 @@ from toynet.spec import RunSpec
 from toynet.train import Hooks, TrainOptions, device_label, fit
 
 
+@dataclass(frozen=True)
+class Session:
+    """Where one process of a run trains and what it reports to.
+
+    ``report(metrics, checkpoint)`` hands on each epoch's metrics (every rank: a barrier
+    on Train workers) and rank 0's checkpoint; ``checkpoint`` is the latest one to
+    resume from, if any.
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    report: Callable[[dict[str, Any], ray.train.Checkpoint | None], None]
+    checkpoint: ray.train.Checkpoint | None
+
+
 def run(config: dict[str, Any]) -> None:
     """Ray Train worker body; ``config`` is a grid point's ``worker`` part (orchestration.tuning)."""
     ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    session = Session(
+        rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), device=ray.train.torch.get_device(),
+        report=lambda metrics, checkpoint: ray.train.report(metrics, checkpoint=checkpoint),
+        checkpoint=ray.train.get_checkpoint(),
+    )
+    train(config, session)
+
+
+def run_in_trial(config: dict[str, Any], report: Callable[[dict[str, Any], ray.train.Checkpoint | None], None],
+                 checkpoint: ray.train.Checkpoint | None) -> None:
+    """The whole run in this process, a Tune trial's (orchestration.in_trial)."""
+    # Ray gives a trial's process only its own GPUs (CUDA_VISIBLE_DEVICES): the first is ours.
+    device = torch.device("cuda:0") if config["gpu"] else torch.device("cpu")
+    train(config, Session(rank=0, world_size=1, device=device, report=report, checkpoint=checkpoint))
+
+
+def train(config: dict[str, Any], session: Session) -> None:
+    """Load the node-cached dataset and train the run, resuming from ``session.checkpoint``."""
     spec = RunSpec.from_dict(config["spec"])
     data = load_dataset(
         spec.dataset, config["data_dir"], download=config["download"],
         train_limit=spec.train_limit, val_limit=spec.val_limit, cache_dir=config["cache_dir"],
     )
-    device = ray.train.torch.get_device()
-    opts = TrainOptions(device=str(device), rank=rank, world_size=world_size, **config["train_options"])
+    rank, world_size = session.rank, session.world_size
+    opts = TrainOptions(device=str(session.device), rank=rank, world_size=world_size, **config["train_options"])
     hooks = Hooks(
-        on_epoch=_epoch_reporter(rank, device_label(device), world_size, spec.epochs),
+        on_epoch=_epoch_reporter(session, device_label(session.device), spec.epochs),
         wrap_model=(lambda m: ray.train.torch.prepare_model(m, move_to_device=False)) if world_size > 1 else None,
         before_epoch=_fault_hook(config.get("fault"), rank, spec.run_id),
     )
-    fit(spec, data, opts, hooks, resume=_resume_state())
+    fit(spec, data, opts, hooks, resume=_resume_state(session.checkpoint))
 
 
-def _resume_state() -> dict[str, Any] | None:
-    """The state saved with the last registered Train checkpoint, if any."""
-    checkpoint = ray.train.get_checkpoint()
+def _resume_state(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
+    """The state saved with ``checkpoint``, if any."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
         return safe_torch_load(Path(directory) / STATE_FILE, what="checkpoint")
 
 
-def _epoch_reporter(rank: int, device: str, world_size: int, last_epoch: int):
-    """on_epoch hook: every rank reports (a barrier); rank 0 also saves the checkpoint,
-    and at ``last_epoch`` the files the driver stores."""
+def _epoch_reporter(session: Session, device: str, last_epoch: int):
+    """on_epoch hook: every rank reports; rank 0 also saves the checkpoint, and at
+    ``last_epoch`` the files the driver stores."""
 
     def report(epoch: int, row: dict[str, float], state: dict[str, Any]) -> None:
-        metrics = {**row, "device": device, "num_workers": world_size}
-        if rank != 0:
-            ray.train.report(metrics)
+        metrics = {**row, "device": device, "num_workers": session.world_size}
+        if session.rank != 0:
+            session.report(metrics, None)
             return
         with tempfile.TemporaryDirectory() as name:
             directory = Path(name)
@@ -70,7 +106,7 @@ def _epoch_reporter(rank: int, device: str, world_size: int, last_epoch: int):
             if epoch == last_epoch:
                 weights_io.encode(state["model"]).save(directory)
                 (directory / CURVE_FILE).write_text(json.dumps(state["curve"]))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            session.report(metrics, ray.train.Checkpoint.from_directory(directory))
 
     return report
 

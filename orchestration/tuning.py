@@ -1,7 +1,9 @@
 """Join or start Ray, check the cluster, and run the grid's trials with a Ray Tune Tuner.
 
 One Tune trial per grid point; each trial's function trainable
-(:func:`orchestration.ray_train.driver`) drives a Ray Train ``TorchTrainer``.
+(:func:`orchestration.ray_train.driver`) trains a one-worker run itself
+(orchestration.in_trial) and drives Ray Train for runs with more workers (or all
+runs, with ``resources.train_in_trial: false``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestration.config import GridConfig
-from orchestration.plan import DRIVER_RESOURCES, ClusterResources, ResourcePlan, join_root
+from orchestration.plan import ClusterResources, ResourcePlan, join_root, trial_resources
 from orchestration.progress import GridProgress
 from orchestration.pg_reaper import reap_quietly
 from orchestration.ray_train import driver, placement_group_key
@@ -168,6 +170,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
         "gloo_backend": settings.gloo_backend,
         "shared_result_queue": settings.shared_result_queue,
         "pg_cleaner_actor": settings.pg_cleaner_actor,
+        "in_trial": cfg.resources.uses_in_trial,
         "worker": {
             "spec": spec.to_dict(),
             "data_dir": data_dir,
@@ -175,6 +178,7 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
             "cache_dir": os.environ.get("TOYNET_CACHE"),
             "train_options": dataclasses.asdict(cfg.training),
             "fault": fault,
+            "gpu": cfg.resources.gpus_per_worker > 0,
         },
     }
 
@@ -213,7 +217,7 @@ def run_on_ray(
         points = [grid_point(cfg, spec, store.root, fault, settings) for spec in pending]
         progress = GridProgress({s.run_id: s for s in pending}, interval_s=progress_interval)
         tuner = tune.Tuner(
-            tune.with_resources(driver, DRIVER_RESOURCES),
+            tune.with_resources(driver, trial_resources(cfg.resources)),
             param_space={"grid_point": tune.grid_search(points)},
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=settings.reuse_actors),
             run_config=tune.RunConfig(

@@ -45,7 +45,7 @@ def ray_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def one_worker_baseline(ray_cluster, tmp_path_factory):
-    """One grid point trained uninterrupted with 1 worker (experiment ``w1``).
+    """One grid point trained uninterrupted with 1 Ray Train worker (experiment ``w1``).
 
     Returns (store, run_id); later runs of the same point compare against it.
     """
@@ -54,7 +54,7 @@ def one_worker_baseline(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline")
     config = root / "point.yaml"
     config.write_text("experiment: w1\ngrid: {dataset: digits, bn: true, batch_size: 32, transforms: none, epochs: 4}\n")
-    out = ray_cluster.grid("--config", str(config), "--artifacts", str(root / "artifacts"))
+    out = ray_cluster.grid("--config", str(config), "--artifacts", str(root / "artifacts"), "--no-train-in-trial")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     store = ArtifactStore(root / "artifacts")
     (run_id,) = store.run_ids("w1")

@@ -192,11 +192,11 @@ def test_overrides_apply_and_revalidate():
         experiment="smoke2", artifacts="s3://bucket/x", workers_per_trial=2, cpus_per_worker=0.5,
         gpus_per_worker=0.25, max_concurrent_trials=1, placement_strategy="SPREAD", data_dir="/d",
         download=True, train_limit=64, val_limit=32, max_retries=0, seeds=(0, 1),
-        channels_last=True, bf16_autocast=True, compile="reduce-overhead",
+        channels_last=True, bf16_autocast=True, compile="reduce-overhead", train_in_trial=False,
     ))
     assert new.training == Training(channels_last=True, bf16_autocast=True, compile="reduce-overhead")
     assert (new.experiment, new.storage.artifacts) == ("smoke2", "s3://bucket/x")
-    assert new.resources == Resources(2, 0.5, 0.25, 1, "SPREAD")
+    assert new.resources == Resources(2, 0.5, 0.25, 1, "SPREAD", train_in_trial=False)
     assert new.data == DataOptions("/d", True, 64, 32) and new.failure == Failure(0)
     assert len(new.runs) == 8 and all((r.train_limit, r.val_limit) == (64, 32) for r in new.runs)
     assert apply_overrides(cfg, Overrides()) == cfg
@@ -220,6 +220,7 @@ def test_epochs_override_merges_runs_that_become_identical():
     (Overrides(placement_strategy="pack"), "--placement-strategy"),
     (Overrides(max_retries=-1), "--max-retries"),
     (Overrides(compile="fast"), "--compile"),
+    (Overrides(train_in_trial="no"), "--train-in-trial"),
 ])
 def test_bad_overrides_name_the_flag(overrides, flag):
     cfg = load_config(CONFIGS / "smoke.yaml")
@@ -246,6 +247,7 @@ BAD_CONFIGS = [
     ("workers 0", MINIMAL + "resources: {workers_per_trial: 0}\n", "resources.workers_per_trial"),
     ("workers float", MINIMAL + "resources: {workers_per_trial: 1.5}\n", "resources.workers_per_trial"),
     ("bad placement", MINIMAL + "resources: {placement_strategy: spread}\n", "resources.placement_strategy"),
+    ("in-trial string", MINIMAL + "resources: {train_in_trial: 'yes'}\n", "resources.train_in_trial"),
     ("section not mapping", MINIMAL + "failure: 3\n", "failure"),
     ("retries negative", MINIMAL + "failure: {max_retries: -1}\n", "failure.max_retries"),
     ("download string", MINIMAL + "data: {download: 'yes'}\n", "data.download"),

@@ -16,7 +16,8 @@ import pytest
 from tests.ray_cluster import REPO as REPO_ROOT
 
 TORCH_FREE = ["toynet", "toynet.spec", "orchestration.config", "orchestration.store", "orchestration.grid",
-              "orchestration.gloo", "orchestration.relay", "orchestration.pg_reaper", "orchestration.ray_train", "orchestration.tuning"]
+              "orchestration.gloo", "orchestration.relay", "orchestration.pg_reaper", "orchestration.in_trial",
+              "orchestration.ray_train", "orchestration.tuning"]
 
 
 def _imported(module: str) -> list[str]:

@@ -84,3 +84,10 @@ def test_dry_run_lists_every_run_and_the_plan_without_ray(config, runs, tmp_path
     assert f"resource plan on this machine: {runs} runs to train" in out
     assert not (tmp_path / "a").exists()  # a dry run writes nothing
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_the_plan_says_where_a_trial_trains():
+    in_trial = ResourcePlan.build(Resources(), TWO_CPUS, 4).describe("this machine")
+    assert "each trial = 1 worker (1 CPU) in the Tune trial's own process; 2 trial(s) at a time" in in_trial
+    workers = ResourcePlan.build(Resources(train_in_trial=False), TWO_CPUS, 4).describe("this machine")
+    assert "each trial = 1 Ray Train worker(s) × (1 CPU), placement PACK" in workers

@@ -45,6 +45,7 @@ def _assert_table_matches_store(stdout: str, store: ArtifactStore, experiment: s
 def test_smoke_grid_via_ray_job_submit(ray_cluster, tmp_path):
     """ray job submit --working-dir . → SUCCEEDED, every grid point complete, table == store."""
     artifacts = tmp_path / "artifacts"
+    before = ray_cluster.actor_counts()
     job = ray_cluster.run(
         str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".", "--",
         "python", "orchestration/grid.py", "--config", "configs/smoke.yaml", "--artifacts", str(artifacts),
@@ -63,13 +64,11 @@ def test_smoke_grid_via_ray_job_submit(ray_cluster, tmp_path):
     bn_none = next(r for r in runs if r["bn"] and r["transforms"] == "none")
     assert bn_none["val_acc"] > 0.9
     _assert_table_matches_store(out, store, "smoke")
-    # Per-trial overhead: Train's helper actors that a ToyNet grid never uses were not
-    # started, and each driver process kept one Tune result queue for all its trials
-    # (4 trials on 2 reused drivers here; counts include earlier tests on this cluster).
-    actors = ray_cluster.actor_counts()
-    assert actors.get("TrainController", 0) >= SMOKE_RUNS and actors.get("RayTrainWorker", 0) >= SMOKE_RUNS
-    assert not actors.keys() & {"DatasetManager", "PreemptionWatcher", "PlacementGroupCleaner"}, actors
-    assert actors["_QueueActor"] <= actors["ImplicitFunc"] < actors["TrainController"], actors
+    # One-worker runs train inside their Tune trial's process (orchestration.in_trial):
+    # none of Train's actors start, and Tune reuses one process per concurrent slot.
+    started = _actors_since(before, ray_cluster.actor_counts())
+    assert not started.keys() & {"TrainController", "RayTrainWorker", "SynchronizationActor", "_QueueActor"}, started
+    assert 1 <= started["ImplicitFunc"] <= 2, started
 
     # Running the same grid again trains nothing and leaves the records untouched.
     before = {r["run_id"]: r["finished_at"] for r in runs}
@@ -121,6 +120,11 @@ def test_two_worker_ddp_across_two_nodes_matches_one_worker(ray_cluster, one_wor
     assert abs(r1.final["val_loss"] - r2.final["val_loss"]) <= 0.1
 
 
+def _actors_since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Actors started between two ``actor_counts`` readings, by class."""
+    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
+
+
 def _wait_for_nodes(cluster, count: int, timeout: float = 90) -> None:
     code = ("import ray, json; ray.init(address='%s', logging_level='ERROR');"
             "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))" % cluster.gcs)
@@ -154,12 +158,22 @@ def test_grid_finishes_when_tune_loop_lags_behind_the_run(ray_cluster, tmp_path)
     when the run's last report is still queued as its driver returns: Tune's main thread
     then blocks putting that report into the one-slot queue that already holds the
     driver's final result. The grid relays reports in the driver's own thread instead.
+
+    The runs use Train's worker actors (``--no-train-in-trial``), so this also checks
+    what each such trial starts: none of the Train helper actors a grid never uses, and
+    one Tune result queue per driver process for all its trials.
     """
     config = tmp_path / "lag.yaml"
-    config.write_text("experiment: lag\ngrid: {dataset: digits, bn: true, batch_size: 64, transforms: none, epochs: 3}\n")
+    config.write_text("experiment: lag\ngrid: {dataset: digits, bn: true, batch_size: 64, transforms: [none, basic], "
+                      "epochs: 2}\nresources: {max_concurrent_trials: 1, train_in_trial: false}\n")
+    before = ray_cluster.actor_counts()
     cmd, env = ray_cluster._grid_cmd(("--config", str(config), "--artifacts", str(tmp_path / "a")))
     out = subprocess.run([sys.executable, "-c", _SLOW_TUNE_LOOP, *cmd[2:]], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (run,) = ArtifactStore(tmp_path / "a").runs("lag").to_pylist()
-    assert run["status"] == "complete" and run["epochs_done"] == 3
+    runs = ArtifactStore(tmp_path / "a").runs("lag").to_pylist()
+    assert len(runs) == 2 and all(r["status"] == "complete" and r["epochs_done"] == 2 for r in runs)
+    started = _actors_since(before, ray_cluster.actor_counts())
+    assert started.get("TrainController") == started.get("RayTrainWorker") == 2, started
+    assert not started.keys() & {"DatasetManager", "PreemptionWatcher", "PlacementGroupCleaner"}, started
+    assert started["_QueueActor"] == started["ImplicitFunc"] == 1, started  # the driver was reused

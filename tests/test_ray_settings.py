@@ -67,7 +67,7 @@ def test_a_placement_group_key_swaps_rays_cleaner_actor_for_the_recorder():
 
 
 def test_placement_group_key_names_the_run_unless_rays_cleaner_is_used():
-    cfg = load_config(SMOKE)
+    cfg = apply_overrides(load_config(SMOKE), Overrides(train_in_trial=False))  # Train's worker actors
     spec = cfg.runs[0]
     point = grid_point(cfg, spec, "/tmp/store", None, RaySettings())
     assert placement_group_key(point) == f"/tmp/store/.ray/smoke/{spec.run_id}"

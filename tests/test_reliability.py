@@ -1,7 +1,8 @@
 """Faults the grid survives, on the shared real Ray cluster (see conftest.ray_cluster).
 
-1. a training worker crashes mid-run → Train restarts it from the last epoch's
-   checkpoint and the result is identical to an uninterrupted run;
+1. a training process crashes mid-run → Tune (a run in its trial's process) or Train
+   (a Train worker) restarts it from the last epoch's checkpoint, and the result is
+   identical to an uninterrupted run;
 2. the grid driver is SIGKILLed → rerunning the same command trains only what is missing;
 3. a worker node disappears → the affected trial is retried on the remaining node;
    a trial's Tune driver is killed → its retry gets back the CPUs the dead Train
@@ -39,19 +40,25 @@ def _records(store: ArtifactStore, experiment: str) -> dict[str, dict]:
     return {r["run_id"]: r for r in store.runs(experiment).to_pylist()}
 
 
-def test_worker_crash_resumes_from_checkpoint_with_identical_result(ray_cluster, one_worker_baseline, tmp_path):
+@pytest.mark.parametrize("mode", ["--train-in-trial", "--no-train-in-trial"])
+def test_worker_crash_resumes_from_checkpoint_with_identical_result(ray_cluster, one_worker_baseline, tmp_path, mode):
+    """The training process dies hard at epoch 3: in the trial's own process Tune retries
+    the trial, on a Train worker Train restarts the worker; both resume from the last
+    checkpoint. The baseline ran on a Train worker, so the in-trial case also shows that
+    the two ways of running are bit-identical."""
     store, run_id = one_worker_baseline
-    marker, log = tmp_path / "crashed", tmp_path / "fault.log"
-    config = _config(tmp_path / "c.yaml", "crash", "{dataset: digits, bn: true, batch_size: 32, transforms: none, epochs: 4}")
-    out = ray_cluster.grid("--config", str(config), "--artifacts", str(store.root),
+    marker, log, experiment = tmp_path / "crashed", tmp_path / "fault.log", "crash" + mode.replace("-", "_")
+    config = _config(tmp_path / "c.yaml", experiment,
+                     "{dataset: digits, bn: true, batch_size: 32, transforms: none, epochs: 4}")
+    out = ray_cluster.grid("--config", str(config), "--artifacts", str(store.root), mode,
                            "--inject-fault", f"epoch=3,once={marker},log={log}")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert marker.exists() and log.read_text().count("epoch 3") == 1  # it really crashed, once
-    crashed, clean = store.get_run("crash", run_id), store.get_run("w1", run_id)
+    crashed, clean = store.get_run(experiment, run_id), store.get_run("w1", run_id)
     assert crashed.status == "complete"
     assert [row["val_acc"] for row in crashed.curve] == [row["val_acc"] for row in clean.curve]
     assert crashed.final == clean.final
-    a, b = store.load_weights("crash", run_id), store.load_weights("w1", run_id)
+    a, b = store.load_weights(experiment, run_id), store.load_weights("w1", run_id)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -125,7 +132,7 @@ def test_killed_driver_frees_its_placement_group_for_the_retry(ray_cluster, tmp_
     (orchestration.pg_reaper) and resumes from the last checkpoint."""
     config = _config(tmp_path / "d.yaml", "driverloss",
                      "{dataset: digits, bn: true, batch_size: 64, transforms: none, epochs: 8}",
-                     "resources: {cpus_per_worker: 2}\n")
+                     "resources: {cpus_per_worker: 2, train_in_trial: false}\n")
     proc = ray_cluster.grid_popen("--config", str(config), "--artifacts", str(tmp_path / "a"))
     try:
         _wait(lambda: any((tmp_path / "a" / ".ray" / "driverloss").glob("*/checkpoint_*")), timeout=400)
