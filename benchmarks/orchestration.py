@@ -21,9 +21,11 @@
        process instead of one per trial;
      - "+ no PG cleaner actor": also no ``PlacementGroupCleaner`` actor per trial
        (orchestration.pg_reaper);
-     - "grid.py": the settings grid.py uses (orchestration.tuning.RaySettings): also
-       no Ray dashboard.
-   ``--with-preload`` adds "grid.py + preload torch" (idle Ray workers import torch).
+     - "+ no dashboard": the settings grid.py uses (orchestration.tuning.RaySettings),
+       also no Ray dashboard; runs still on Train's worker actors (``--no-train-in-trial``);
+     - "grid.py": what grid.py runs: also each one-worker run trained inside its Tune
+       trial's process, without Train's actors (orchestration.in_trial).
+   ``--with-preload`` adds "+ preload torch" (idle Ray workers import torch; Train workers).
 2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
    toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
    it (``python orchestration/grid.py --config configs/smoke.yaml``), once as shipped
@@ -33,7 +35,8 @@
    them) against the same epochs run alone in one slot, the slot-seconds per run
    beyond its epochs, and every process's CPU-seconds and peak resident memory while
    the grid runs, by kind (sampled from /proc: each Ray actor class, Ray's system
-   processes, grid.py).
+   processes, grid.py). The grid runs twice: as shipped, and with ``--no-train-in-trial``
+   (each run on a Ray Train worker).
 
 Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/results/.
 """
@@ -49,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,41 +63,51 @@ from orchestration.config import DataOptions, GridConfig, load_config  # noqa: E
 from orchestration.store import ArtifactStore  # noqa: E402
 from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: E402
 
+
+@dataclass(frozen=True)
+class Variant:
+    """Ray settings, and whether one-worker runs train in their Tune trial's process."""
+
+    settings: RaySettings
+    in_trial: bool = False
+
+
 # Each variant adds one cut to the one before; "grid.py" is what grid.py runs.
 VARIANTS = {
-    "ray defaults": RAY_DEFAULTS,
-    "reuse + 0.1 s poll": RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True,
-                                      gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
-                                      dashboard=True),
-    "+ helpers cut, TorchConfig": RaySettings(gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
-                                              dashboard=True),
-    "+ gloo backend": RaySettings(shared_result_queue=False, pg_cleaner_actor=True, dashboard=True),
-    "+ one result queue per driver": RaySettings(pg_cleaner_actor=True, dashboard=True),
-    "+ no PG cleaner actor": RaySettings(dashboard=True),
-    "grid.py": RaySettings(),
+    "ray defaults": Variant(RAY_DEFAULTS),
+    "reuse + 0.1 s poll": Variant(RaySettings(preemption_watcher=True, train_metrics=True, dataset_manager=True,
+                                              gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
+                                              dashboard=True)),
+    "+ helpers cut, TorchConfig": Variant(RaySettings(gloo_backend=False, shared_result_queue=False,
+                                                      pg_cleaner_actor=True, dashboard=True)),
+    "+ gloo backend": Variant(RaySettings(shared_result_queue=False, pg_cleaner_actor=True, dashboard=True)),
+    "+ one result queue per driver": Variant(RaySettings(pg_cleaner_actor=True, dashboard=True)),
+    "+ no PG cleaner actor": Variant(RaySettings(dashboard=True)),
+    "+ no dashboard": Variant(RaySettings()),
+    "grid.py": Variant(RaySettings(), in_trial=True),
 }
-PRELOAD = {"grid.py + preload torch": RaySettings(preload_modules=("torch",))}
+PRELOAD = {"+ preload torch": Variant(RaySettings(preload_modules=("torch",)))}
 MODES = {"one at a time": (1, 3), "two at a time": (2, 4)}  # name → (concurrent, trials)
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
 
 
-def _trivial_config(trials: int, concurrent: int) -> GridConfig:
+def _trivial_config(trials: int, concurrent: int, in_trial: bool) -> GridConfig:
     """``trials`` distinct 1-epoch runs on 60 digits (validated through the normal config path)."""
     cfg = load_config(SMOKE)
     spec = replace(cfg.runs[1], epochs=1, train_limit=60, val_limit=30)  # the BN run
     runs = tuple(replace(spec, seed=i) for i in range(trials))
-    resources = replace(cfg.resources, max_concurrent_trials=concurrent)
+    resources = replace(cfg.resources, max_concurrent_trials=concurrent, train_in_trial=in_trial)
     return replace(cfg, runs=runs, resources=resources, data=DataOptions(train_limit=60, val_limit=30))
 
 
-def measure_overhead(settings: RaySettings, trials: int, concurrent: int) -> tuple[list[float], float]:
+def measure_overhead(variant: Variant, trials: int, concurrent: int) -> tuple[list[float], float]:
     """Per-trial overhead samples (trial start → first report, minus the epoch itself),
     and the slot-seconds each trial cost the grid: (first trial start → last trial end)
     × concurrent slots, minus the epochs, ÷ trials. The second also counts Tune's gaps
     between trials and each trial's tear-down, which the first does not see."""
-    cfg = _trivial_config(trials, concurrent)
+    cfg = _trivial_config(trials, concurrent, variant.in_trial)
     with tempfile.TemporaryDirectory() as root:
-        p = run_on_ray(cfg, ArtifactStore(root), list(cfg.runs), progress_interval=1e9, settings=settings)
+        p = run_on_ray(cfg, ArtifactStore(root), list(cfg.runs), progress_interval=1e9, settings=variant.settings)
     overheads = [p.first_result_at[r] - p.started_at[r] - p.first_epoch_seconds[r] for r in p.first_result_at]
     span = max(p.finished_at.values()) - min(p.started_at.values())
     return overheads, (span * concurrent - sum(p.first_epoch_seconds.values())) / trials
@@ -198,15 +211,39 @@ def _epochs_s(curve: list[dict[str, Any]]) -> float:
     return sum(row["seconds"] for row in curve)
 
 
-def measure_efficiency(epochs: int | None) -> dict[str, Any]:
-    """Σ standalone run time (whole machine / one slot) vs the smoke grid's wall time × slots.
+# The smoke grid as grid.py runs it, and with each run on a Ray Train worker.
+GRID_RUNS = {"grid.py": [], "grid.py --no-train-in-trial": ["--no-train-in-trial"]}
+
+
+def measure_efficiency(epochs: int | None) -> list[dict[str, Any]]:
+    """Σ standalone run time (whole machine / one slot) vs the smoke grid's wall time × slots,
+    for each of GRID_RUNS.
 
     Also splits the grid's slot-seconds into the runs' epochs (as each run timed them)
     and everything else, and compares those epochs with the same epochs run alone in
     one slot: how much slower training itself is inside the grid.
     """
     cfg = load_config(SMOKE)
-    override = ["--epochs", str(epochs)] if epochs else []
+    machine, slot, slot_epochs = _standalone(cfg, epochs)
+    slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
+    results = []
+    for name, flags in GRID_RUNS.items():
+        grid, grid_epochs, cpu = _grid(cfg, ["--epochs", str(epochs)] if epochs else [], flags)
+        results.append({
+            "grid": name, "epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
+            "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
+            "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots),
+            "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
+            "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
+            "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
+            "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals(),
+            "peak_rss_mib_by_process": cpu.peak_rss_mib()})
+    return results
+
+
+def _standalone(cfg: GridConfig, epochs: int | None) -> tuple[list[float], list[float], list[float]]:
+    """Each run through ``python -m toynet.train``: wall s on the whole machine, in one
+    slot, and that one-slot run's epochs."""
     machine, slot, slot_epochs = [], [], []
     with tempfile.TemporaryDirectory() as out:
         for spec in cfg.runs:
@@ -217,21 +254,19 @@ def measure_efficiency(epochs: int | None) -> dict[str, Any]:
             slot_dir = Path(out) / "s" / spec.run_id
             slot.append(_wall([*args, "--out", str(slot_dir)], one_slot=True))
             slot_epochs.append(_epochs_s(json.loads((slot_dir / "metrics.json").read_text())["curve"]))
+    return machine, slot, slot_epochs
+
+
+def _grid(cfg: GridConfig, override: list[str], flags: list[str]) -> tuple[float, list[float], CpuByProcess]:
+    """The smoke grid as a user runs it: wall s, each run's epochs, CPU by process."""
+    with tempfile.TemporaryDirectory() as out:
         with CpuByProcess() as cpu:
-            grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *override,
+            grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *override, *flags,
                           "--artifacts", str(Path(out) / "artifacts"), "--progress-interval", "1000"])
         store = ArtifactStore(Path(out) / "artifacts")
         experiment = cfg.storage.experiment
         grid_epochs = [_epochs_s(store.get_run(experiment, rid).curve) for rid in store.run_ids(experiment)]
-    slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
-    return {"epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
-            "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
-            "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots),
-            "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
-            "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
-            "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
-            "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals(),
-            "peak_rss_mib_by_process": cpu.peak_rss_mib()}
+    return grid, grid_epochs, cpu
 
 
 def _cpu_table(e: dict[str, Any]) -> str:
@@ -287,16 +322,16 @@ def main() -> int:
         effs = []
         for epochs in (None, 40):
             log(f"efficiency: smoke grid, epochs {epochs or 'as configured'}")
-            effs.append(measure_efficiency(epochs))
+            effs += measure_efficiency(epochs)
         print(markdown_table(
-            ["epochs", "Σ standalone s (machine / slot)", "grid wall s", "slots", "efficiency (machine / slot)",
+            ["grid", "epochs", "Σ standalone s (machine / slot)", "grid wall s", "slots", "efficiency (machine / slot)",
              "Σ epochs s (alone in a slot / in grid)", "epochs in grid ÷ alone", "slot-s per run beyond its epochs"],
-            [[e["epochs"], f"{e['standalone_machine_s']:.1f} / {e['standalone_slot_s']:.1f}", f"{e['grid_wall_s']:.1f}",
+            [[e["grid"], e["epochs"], f"{e['standalone_machine_s']:.1f} / {e['standalone_slot_s']:.1f}", f"{e['grid_wall_s']:.1f}",
               e["slots"], f"{e['efficiency_machine']:.2f} / {e['efficiency_slot']:.2f}",
               f"{e['standalone_slot_epochs_s']:.1f} / {e['grid_epochs_s']:.1f}", f"{e['epoch_slowdown']:.2f}",
               f"{e['slot_s_outside_epochs_per_run']:.1f}"] for e in effs]))
         for e in effs:
-            print(f"\nwhere the machine's CPU went, smoke grid at {e['epochs']} epochs "
+            print(f"\nwhere the machine's CPU went, {e['grid']}, smoke grid at {e['epochs']} epochs "
                   f"({e['grid_wall_s']:.1f} s × {e['cpus']} CPUs = {e['grid_wall_s'] * e['cpus']:.0f} CPU-s):\n")
             print(_cpu_table(e))
         result["smoke_efficiency"] = effs
