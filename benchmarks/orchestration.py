@@ -35,8 +35,9 @@
    them) against the same epochs run alone in one slot, the slot-seconds per run
    beyond its epochs, and every process's CPU-seconds and peak resident memory while
    the grid runs, by kind (sampled from /proc: each Ray actor class, Ray's system
-   processes, grid.py). The grid runs twice: as shipped, and with ``--no-train-in-trial``
-   (each run on a Ray Train worker).
+   processes, grid.py). The grid runs three ways: as shipped (grid.py starts its own
+   Ray), with ``--no-train-in-trial`` (each run on a Ray Train worker), and joining a
+   Ray already started with ``ray start`` (as on a cluster; the start is not timed).
 
 Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/results/.
 """
@@ -44,6 +45,7 @@ Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -62,6 +64,8 @@ from benchmarks._util import REPO_ROOT, format_header, log, machine_info, markdo
 from orchestration.config import DataOptions, GridConfig, load_config  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
 from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: E402
+from tests.ray_cluster import start_cluster  # noqa: E402  (the tests' `ray start` head node)
+from toynet.data.load import default_cache_dir  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,9 @@ def _one_slot() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
-def _wall(cmd: list[str], *, one_slot: bool = False) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def _wall(cmd: list[str], *, one_slot: bool = False, env: dict[str, str] | None = None) -> float:
+    """Seconds ``cmd`` takes; without ``env``, in this environment minus RAY_ADDRESS."""
+    env = dict(env) if env else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if one_slot:
         env["OMP_NUM_THREADS"] = "1"
     start = time.perf_counter()
@@ -211,8 +216,10 @@ def _epochs_s(curve: list[dict[str, Any]]) -> float:
     return sum(row["seconds"] for row in curve)
 
 
-# The smoke grid as grid.py runs it, and with each run on a Ray Train worker.
-GRID_RUNS = {"grid.py": [], "grid.py --no-train-in-trial": ["--no-train-in-trial"]}
+# The smoke grid as grid.py runs it, with each run on a Ray Train worker, and joining
+# a Ray that is already running (``ray start``, as on a cluster): name → (flags, joins).
+GRID_RUNS = {"grid.py": ([], False), "grid.py --no-train-in-trial": (["--no-train-in-trial"], False),
+             "grid.py on a running Ray": ([], True)}
 
 
 def measure_efficiency(epochs: int | None) -> list[dict[str, Any]]:
@@ -227,8 +234,8 @@ def measure_efficiency(epochs: int | None) -> list[dict[str, Any]]:
     machine, slot, slot_epochs = _standalone(cfg, epochs)
     slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
     results = []
-    for name, flags in GRID_RUNS.items():
-        grid, grid_epochs, cpu = _grid(cfg, ["--epochs", str(epochs)] if epochs else [], flags)
+    for name, (flags, joins) in GRID_RUNS.items():
+        grid, grid_epochs, cpu = _grid(cfg, [*(["--epochs", str(epochs)] if epochs else []), *flags], joins)
         results.append({
             "grid": name, "epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
             "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
@@ -257,12 +264,21 @@ def _standalone(cfg: GridConfig, epochs: int | None) -> tuple[list[float], list[
     return machine, slot, slot_epochs
 
 
-def _grid(cfg: GridConfig, override: list[str], flags: list[str]) -> tuple[float, list[float], CpuByProcess]:
-    """The smoke grid as a user runs it: wall s, each run's epochs, CPU by process."""
-    with tempfile.TemporaryDirectory() as out:
+def _grid(cfg: GridConfig, args: list[str], joins: bool) -> tuple[float, list[float], CpuByProcess]:
+    """The smoke grid as a user runs it: wall s, each run's epochs, CPU by process.
+
+    With ``joins``, a 2-CPU head node is started first (``ray start``, untimed) and
+    grid.py joins it, as it would a cluster; otherwise grid.py starts its own Ray.
+    """
+    with tempfile.TemporaryDirectory() as out, contextlib.ExitStack() as stack:
+        env = None
+        if joins:
+            cluster = stack.enter_context(contextlib.contextmanager(start_cluster)(default_cache_dir()))
+            env = {**cluster.env, "RAY_ADDRESS": cluster.gcs}
+            time.sleep(5)  # let the node's dashboard and agents finish starting
         with CpuByProcess() as cpu:
-            grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *override, *flags,
-                          "--artifacts", str(Path(out) / "artifacts"), "--progress-interval", "1000"])
+            grid = _wall([sys.executable, "orchestration/grid.py", "--config", str(SMOKE), *args,
+                          "--artifacts", str(Path(out) / "artifacts"), "--progress-interval", "1000"], env=env)
         store = ArtifactStore(Path(out) / "artifacts")
         experiment = cfg.storage.experiment
         grid_epochs = [_epochs_s(store.get_run(experiment, rid).curve) for rid in store.run_ids(experiment)]
