@@ -68,8 +68,8 @@ def _parser() -> ArgumentParser:
 
 def _overrides(args: Any) -> Overrides:
     names = ("experiment", "artifacts", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
-             "max_concurrent_trials", "placement_strategy", "train_in_trial", "data_dir", "download", "train_limit",
-             "val_limit", "max_retries", "epochs", "channels_last", "bf16_autocast", "compile")
+             "max_concurrent_trials", "placement_strategy", "train_in_trial", "data_dir", "download",
+             "train_limit", "val_limit", "max_retries", "epochs", "channels_last", "bf16_autocast", "compile")
     return Overrides(**{n: getattr(args, n) for n in names})
 
 

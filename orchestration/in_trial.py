@@ -99,10 +99,11 @@ def fit_in_trial(run_id: str, train: Callable[[Report, Checkpoint | None], None]
     last: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+        nonlocal last
         row = dict(metrics)
         if checkpoint is not None:
             row[CHECKPOINT_PATH_KEY] = checkpoints.persist(checkpoint).path
-        last.update(metrics=metrics)
+        last = metrics
         report_to(row)
 
     for attempt in itertools.count(1):
@@ -117,4 +118,4 @@ def fit_in_trial(run_id: str, train: Callable[[Report, Checkpoint | None], None]
     latest = checkpoints.latest()
     if latest is None:
         raise RuntimeError(f"run {run_id} ended without a checkpoint")
-    return last.get("metrics", {}), latest
+    return last, latest

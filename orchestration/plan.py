@@ -21,8 +21,9 @@ DRIVER_RESOURCES: dict[str, float] = {"memory": 1}
 def trial_resources(res: Resources) -> dict[str, float]:
     """What Tune reserves for each trial's driver process.
 
-    When it trains in the trial, the driver is the run's only worker, so it holds the worker's CPUs
-    and GPUs (a fraction lets trials share a GPU); otherwise Train's worker group does.
+    A run trained in its trial has the driver as its only worker, so the driver holds
+    the worker's CPUs and GPUs (a fraction lets trials share a GPU); otherwise Train's
+    worker group does.
     """
     if not res.uses_in_trial:
         return dict(DRIVER_RESOURCES)
