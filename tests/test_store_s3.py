@@ -136,3 +136,22 @@ def test_cli_with_an_s3_uri_root(s3: tuple[pafs.S3FileSystem, str], endpoint: st
 def test_a_malformed_uri_is_a_one_line_error() -> None:
     with pytest.raises(StoreError, match="is not a usable URI"):
         ArtifactStore("nosuchscheme://bucket/x")
+
+
+def test_in_trial_checkpoints_on_s3(s3: tuple[pafs.S3FileSystem, str], endpoint: str, aws_env: None) -> None:
+    """A run trained in its Tune trial keeps its checkpoints where the grid's Ray storage is:
+    here an S3 URI, as another node would reach it. A rerun resumes from the latest."""
+    from orchestration.in_trial import INDEX_FILE, Checkpoints, fit_in_trial
+    from tests.test_in_trial import _epochs
+
+    fs, bucket = s3
+    uri = f"s3://{bucket}/.ray/exp/run?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+    with pytest.raises(RuntimeError, match="epoch 3"):
+        fit_in_trial("run", _epochs(4, fail_at=3), Checkpoints(uri), lambda row: None, max_failures=0)
+    seen: list[int] = []
+    metrics, last = fit_in_trial("run", _epochs(4, log=seen), Checkpoints(uri), lambda row: None, max_failures=0)
+    assert seen == [3, 4] and metrics == {"epoch": 4}
+    listed = {info.base_name for info in fs.get_file_info(pafs.FileSelector(f"{bucket}/.ray/exp/run"))}
+    assert INDEX_FILE in listed and sum(name.startswith("checkpoint_") for name in listed) == 2
+    with last.as_directory() as directory:
+        assert (Path(directory) / "state.json").read_text() == '{"epoch": 4}'
