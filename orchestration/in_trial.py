@@ -31,7 +31,7 @@ from typing import Any, Callable
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
-from orchestration.layout import new_attempt, open_root
+from orchestration.layout import new_attempt, open_root, put_whole
 from orchestration.relay import CHECKPOINT_PATH_KEY
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ class Checkpoints:
 
     def __init__(self, root: str, keep: int = 2) -> None:
         self._fs, self._base, _, _ = open_root(root, None)
-        self._local = isinstance(self._fs, pafs.LocalFileSystem)
         self._keep = keep
 
     def latest(self) -> Checkpoint | None:
@@ -79,14 +78,7 @@ class Checkpoints:
             return []
 
     def _write_index(self, names: list[str]) -> None:
-        # Local: write aside, then rename. An object store publishes an object only
-        # once its upload completes, so a direct write is already atomic there.
-        path = f"{self._base}/{INDEX_FILE}"
-        target = f"{path}.tmp-{new_attempt()}" if self._local else path
-        with self._fs.open_output_stream(target) as out:
-            out.write(json.dumps({"checkpoints": names}).encode())
-        if self._local:
-            self._fs.move(target, path)
+        put_whole(self._fs, f"{self._base}/{INDEX_FILE}", json.dumps({"checkpoints": names}).encode())
 
 
 def fit_in_trial(run_id: str, train: Callable[[Report, Checkpoint | None], None], checkpoints: Checkpoints,

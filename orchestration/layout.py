@@ -66,6 +66,20 @@ def open_root(root: str | os.PathLike[str], filesystem: pafs.FileSystem | None) 
     return fs, base.rstrip("/"), text, text.split("?", 1)[0].rstrip("/")
 
 
+def put_whole(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a whole file so readers see all of it or nothing.
+
+    Local: temporary name, then rename. Object stores publish an object only when its
+    upload completes, so a direct write is already atomic there.
+    """
+    local = isinstance(fs, pafs.LocalFileSystem)
+    target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
+    with fs.open_output_stream(target) as out:
+        out.write(data)
+    if local:
+        fs.move(target, path)
+
+
 def new_attempt() -> str:
     """A name that sorts by start time and never collides: 20250101T120000123456Z-1a2b3c4d."""
     return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"

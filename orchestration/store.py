@@ -35,7 +35,7 @@ import pyarrow.fs as pafs
 from orchestration import records
 from orchestration import weights as weights_io
 from orchestration.layout import (EPOCHS_FILE, ENV_ROOT, MARKER, NAME, RUN_FILE, STALE_UNCOMMITTED, attempt_time,
-                                  check_name, default_root, new_attempt, open_root)
+                                  check_name, default_root, new_attempt, open_root, put_whole)
 from orchestration.records import RunRecord, StoredRun, StoreError, collect_versions
 from orchestration.tables import closest, concat, one_line, parquet_bytes, read_parquet, sha256, where_mask
 from orchestration.weights import WEIGHTS_FILE
@@ -300,16 +300,7 @@ class ArtifactStore:
     # ---- internals: reading and writing files ---------------------------------------
 
     def _put(self, path: str, data: bytes) -> None:
-        """Write a whole file so readers see all of it or nothing.
-
-        Local: temporary name, then rename. Object stores publish an object only when
-        its upload completes, so a direct write is already atomic there.
-        """
-        target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if self._local else path
-        with self._fs.open_output_stream(target) as out:
-            out.write(data)
-        if self._local:
-            self._fs.move(target, path)
+        put_whole(self._fs, path, data)
 
     def _get(self, path: str) -> pa.Buffer:
         """A whole file as an Arrow-owned buffer.
