@@ -103,7 +103,6 @@ def _backend(gloo: bool, gpus: float) -> BackendConfig:
 def _trainer(config: dict[str, Any], spec: RunSpec, report: UserCallback, pg_key: str | None) -> DataParallelTrainer:
     res = config["resources"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if res["gpus_per_worker"] else {})}
-    per_worker.update(res.get("custom_per_worker") or {})
     return _GridTrainer(
         train_loop_per_worker,
         dataset_manager=config["dataset_manager"],
