@@ -37,7 +37,7 @@ from orchestration.relay import CHECKPOINT_PATH_KEY
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "trial_checkpoints.json"  # the kept checkpoints' names, oldest first
-Report = Callable[[dict[str, Any], Checkpoint | None], None]
+Report = Callable[[dict[str, Any], Checkpoint | None], None]  # (metrics, rank 0's checkpoint or None)
 
 
 class Checkpoints:
@@ -45,12 +45,14 @@ class Checkpoints:
 
     A checkpoint is copied to a new directory first; only then does the index name it,
     so a crash mid-copy leaves the previous checkpoint the latest. The ``keep`` newest
-    are kept (as Train's ``CheckpointConfig(num_to_keep=2)``).
+    are kept (as Train's ``CheckpointConfig(num_to_keep=2)``). One instance is a run's
+    only writer: it reads the index once and keeps it.
     """
 
     def __init__(self, root: str, keep: int = 2) -> None:
         self._fs, self._base, _, _ = open_root(root, None)
         self._keep = keep
+        self._kept: list[str] | None = None  # the index, once read
 
     def latest(self) -> Checkpoint | None:
         """The newest persisted checkpoint, or None before the first."""
@@ -65,20 +67,20 @@ class Checkpoints:
         pafs.copy_files(checkpoint.path, target, source_filesystem=checkpoint.filesystem,
                         destination_filesystem=self._fs)
         names = [*self._names(), name]
-        self._write_index(names[-self._keep:])
+        put_whole(self._fs, f"{self._base}/{INDEX_FILE}", json.dumps({"checkpoints": names[-self._keep:]}).encode())
+        self._kept = names[-self._keep:]
         for old in names[:-self._keep]:
             self._fs.delete_dir(f"{self._base}/{old}")
         return Checkpoint(target, filesystem=self._fs)
 
     def _names(self) -> list[str]:
-        try:
-            with self._fs.open_input_stream(f"{self._base}/{INDEX_FILE}") as src:
-                return list(json.loads(src.read())["checkpoints"])
-        except FileNotFoundError:
-            return []
-
-    def _write_index(self, names: list[str]) -> None:
-        put_whole(self._fs, f"{self._base}/{INDEX_FILE}", json.dumps({"checkpoints": names}).encode())
+        if self._kept is None:
+            try:
+                with self._fs.open_input_stream(f"{self._base}/{INDEX_FILE}") as src:
+                    self._kept = list(json.loads(src.read())["checkpoints"])
+            except FileNotFoundError:
+                self._kept = []
+        return self._kept
 
 
 def fit_in_trial(run_id: str, train: Callable[[Report, Checkpoint | None], None], checkpoints: Checkpoints,

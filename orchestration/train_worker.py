@@ -17,13 +17,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
 
 from orchestration import weights as weights_io
+from orchestration.in_trial import Report
 from orchestration.ray_train import CURVE_FILE, STATE_FILE
 from toynet.checkpoint import atomic_torch_save, safe_torch_load
 from toynet.data import load_dataset
@@ -43,7 +44,7 @@ class Session:
     rank: int
     world_size: int
     device: torch.device
-    report: Callable[[dict[str, Any], ray.train.Checkpoint | None], None]
+    report: Report
     checkpoint: ray.train.Checkpoint | None
 
 
@@ -58,8 +59,7 @@ def run(config: dict[str, Any]) -> None:
     train(config, session)
 
 
-def run_in_trial(config: dict[str, Any], report: Callable[[dict[str, Any], ray.train.Checkpoint | None], None],
-                 checkpoint: ray.train.Checkpoint | None) -> None:
+def run_in_trial(config: dict[str, Any], report: Report, checkpoint: ray.train.Checkpoint | None) -> None:
     """The whole run in this process, a Tune trial's (orchestration.in_trial)."""
     # Ray gives a trial's process only its own GPUs (CUDA_VISIBLE_DEVICES): the first is ours.
     device = torch.device("cuda:0") if config["gpu"] else torch.device("cpu")
