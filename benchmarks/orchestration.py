@@ -65,7 +65,7 @@ from orchestration.config import DataOptions, GridConfig, load_config  # noqa: E
 from orchestration.store import ArtifactStore  # noqa: E402
 from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: E402
 from tests.ray_cluster import start_cluster  # noqa: E402  (the tests' `ray start` head node)
-from toynet.data.load import default_cache_dir  # noqa: E402
+from toynet.data.prepare import default_cache_dir  # noqa: E402
 
 
 @dataclass(frozen=True)

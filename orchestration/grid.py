@@ -74,17 +74,13 @@ def _overrides(args: Any) -> Overrides:
 
 
 def _check_data(cfg: GridConfig) -> None:
-    """Load each dataset once on this node: missing data fails here, before Ray starts."""
-    from toynet.data import load_dataset  # imports torch: not needed to reject a bad config
+    """Make each dataset ready on this node (decoded once into its cache), without
+    importing torch: missing or bad data fails here, before Ray starts."""
+    from toynet.data import prepare_dataset
 
-    seen: set[tuple] = set()
-    for spec in cfg.runs:
-        key = (spec.dataset, spec.train_limit, spec.val_limit)
-        if key not in seen:
-            seen.add(key)
-            data = load_dataset(spec.dataset, cfg.data.dir, download=cfg.data.download,
-                                train_limit=spec.train_limit, val_limit=spec.val_limit)
-            log.info("dataset %s ready: %d train / %d val", spec.dataset, len(data.train_y), len(data.val_y))
+    for name in dict.fromkeys(spec.dataset for spec in cfg.runs):
+        ready = prepare_dataset(name, cfg.data.dir, download=cfg.data.download)
+        log.info("dataset %s ready: %d train / %d val images (%s)", name, ready.train, ready.val, ready.origin)
 
 
 def _print_runs(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec]) -> None:

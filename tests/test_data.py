@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from toynet.data import DataArrays, default_cache_dir, load_dataset, resolve_data_dir, subset_balanced
-from toynet.data import sources
+from toynet.data import layouts, sources
 from toynet.errors import ConfigError, DataError
 
 # encode_jpeg warns on every call since torchvision 0.29 (superseded by TorchCodec).
@@ -47,8 +47,8 @@ def make_mnist(root: Path, n_train: int = 30, n_val: int = 20) -> dict[str, np.n
     """Write ``root/MNIST/raw/*-ubyte``; return the arrays written."""
     rng = np.random.default_rng(0)
     arrays = {}
-    for split, n, (images, labels) in (("train", n_train, sources.MNIST_FILES["train"]),
-                                       ("val", n_val, sources.MNIST_FILES["val"])):
+    for split, n, (images, labels) in (("train", n_train, layouts.MNIST_FILES["train"]),
+                                       ("val", n_val, layouts.MNIST_FILES["val"])):
         arrays[f"{split}_x"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         arrays[f"{split}_y"] = np.arange(n, dtype=np.uint8) % 10
         write_idx(root / "MNIST" / "raw" / images, arrays[f"{split}_x"])
@@ -140,6 +140,38 @@ def test_loading_digits_imports_neither_sklearn_nor_pyarrow():
     code = ("import sys, toynet.data; toynet.data.load_dataset('digits');"
             "bad = [m for m in ('sklearn', 'pyarrow', 'ray') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+PREPARE = """
+import sys
+from toynet.data import prepare_dataset
+ready = [prepare_dataset(name, sys.argv[1], cache_dir=sys.argv[2]) for name in ("digits", "mnist")]
+print(*[(r.train, r.val) for r in ready], "torch" in sys.modules)
+"""
+
+
+def test_prepare_dataset_is_torch_free_on_a_cache_hit_and_counts_as_load_does(tmp_path):
+    """grid.py checks a grid's data with prepare_dataset before Ray starts, without
+    torch once the node's cache holds it; its sizes are load_dataset's."""
+    make_mnist(tmp_path / "data", n_train=30, n_val=20)
+    args = [sys.executable, "-c", PREPARE, str(tmp_path / "data"), str(tmp_path / "cache")]
+    miss = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+    hit = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+    digits = load_dataset("digits")
+    assert miss[:-1] == hit[:-1] == [f"({len(digits.train_y)},", f"{len(digits.val_y)})", "(30,", "20)"]
+    assert (miss[-1], hit[-1]) == ("True", "False")  # only decoding imports torch
+    assert len(entry_dirs(tmp_path / "cache")) == 1
+
+
+def test_prepare_dataset_reports_missing_data_as_load_does(tmp_path):
+    from toynet.data import prepare_dataset
+
+    with pytest.raises(DataError) as prepared:
+        prepare_dataset("cifar10", tmp_path, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError) as loaded:
+        load_dataset("cifar10", tmp_path, cache_dir=tmp_path / "cache")
+    assert str(prepared.value) == str(loaded.value)
+    assert "no data in" in str(prepared.value)
 
 
 def test_subset_balanced_exact_counts_deterministic_and_nested():

@@ -1,8 +1,8 @@
 """Processes that run no torch code don't import torch (1.5–3 CPU-s and ~400 MB each).
 
 Ray Tune's per-trial driver (orchestration.ray_train), what the Train controller loads
-(orchestration.gloo, .relay, .pg_reaper), grid.py until it loads data, and the store
-all stay torch-free; each module is imported in a fresh interpreter, so nothing
+(orchestration.gloo, .relay, .pg_reaper), grid.py with its data check
+(toynet.data.prepare) and the store all stay torch-free; each module is imported in a fresh interpreter, so nothing
 earlier in the test session has loaded torch for it.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.ray_cluster import REPO as REPO_ROOT
 
-TORCH_FREE = ["toynet", "toynet.spec", "orchestration.config", "orchestration.store", "orchestration.grid",
+TORCH_FREE = ["toynet", "toynet.spec", "toynet.data", "toynet.data.prepare", "toynet.data.layouts", "orchestration.config", "orchestration.store", "orchestration.grid",
               "orchestration.gloo", "orchestration.relay", "orchestration.pg_reaper", "orchestration.in_trial",
               "orchestration.ray_train", "orchestration.tuning"]
 

@@ -5,15 +5,18 @@ validation split as uint8 ``(N, C, H, W)`` images and int64 labels. Training cod
 slices batches from these tensors and normalises/augments them batched on its device.
 The validation split is each dataset's test split.
 
-Modules, dependencies flowing downwards:
+Modules; the first three lines never import torch, so grid.py checks and caches a
+grid's data without it (:func:`prepare_dataset`):
 
-- :mod:`toynet.data.load`: the public entry points; resolves directories, applies limits.
-- :mod:`toynet.data.sources`: finds each dataset's files and decodes them
-  (scikit-learn digits, torchvision's MNIST IDX parsers, CIFAR-10 pickles, image
-  folders and the JPEG tarball).
+- :mod:`toynet.data.prepare`: directories, and a dataset decoded once into the cache
+  and checked.
+- :mod:`toynet.data.layouts`: finds each dataset's files (or downloads them).
 - :mod:`toynet.data.cache`: the per-machine, content-keyed, lock-protected,
-  memory-mapped cache of decoded arrays.
-- :mod:`toynet.data.arrays`: :class:`DataArrays`, sanity checks, balanced subsets.
+  memory-mapped cache of decoded arrays; :mod:`toynet.data.checks` its sanity checks.
+- :mod:`toynet.data.load`: :func:`load_dataset`, tensors with limits applied.
+- :mod:`toynet.data.sources`: decodes the files (scikit-learn digits, torchvision's
+  MNIST IDX parsers, CIFAR-10 pickles, image folders and the JPEG tarball).
+- :mod:`toynet.data.arrays`: :class:`DataArrays`, balanced subsets.
 
 Directories: data ``--data-dir`` > ``$TOYNET_DATA`` > the user cache dir (``toynet``);
 decoded arrays ``cache_dir`` > ``$TOYNET_CACHE`` > ``<user cache dir>/toynet/arrays``.
@@ -21,7 +24,28 @@ Every data problem raises :class:`~toynet.errors.DataError` with a one-line mess
 that names the file or directory and what was expected.
 """
 
-from toynet.data.arrays import DataArrays, subset_balanced
-from toynet.data.load import default_cache_dir, load_dataset, resolve_data_dir
+import importlib
+from typing import Any
 
-__all__ = ["DataArrays", "default_cache_dir", "load_dataset", "resolve_data_dir", "subset_balanced"]
+# Names resolved on first use (PEP 562), so that importing a torch-free submodule does
+# not import torch through this package.
+_EXPORTS = {
+    "DataArrays": "toynet.data.arrays",
+    "subset_balanced": "toynet.data.arrays",
+    "load_dataset": "toynet.data.load",
+    "Prepared": "toynet.data.prepare",
+    "default_cache_dir": "toynet.data.prepare",
+    "prepare_dataset": "toynet.data.prepare",
+    "resolve_data_dir": "toynet.data.prepare",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from toynet.errors import ConfigError, DataError
-from toynet.spec import INPUT_SHAPES, NUM_CLASSES
+from toynet.data.checks import ARRAY_NAMES, check_named
+from toynet.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,23 +40,8 @@ class DataArrays:
 
 
 def check_arrays(a: DataArrays, where: str) -> None:
-    """Shapes, dtypes, counts and label range against ``spec``; ``where`` names the source.
-
-    Run on freshly decoded data and on every cache hit (cheap: it reads labels only).
-    """
-    shape = INPUT_SHAPES[a.name]
-    for split, x, y in (("train", a.train_x, a.train_y), ("val", a.val_x, a.val_y)):
-        if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != shape or len(x) == 0:
-            raise DataError(f"{where}: {a.name} {split} images are {x.dtype} {tuple(x.shape)}; "
-                            f"expected uint8 (N>0, {', '.join(map(str, shape))})")
-        if y.dtype != torch.int64 or y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{where}: {a.name} {split} labels are {y.dtype} {tuple(y.shape)}; "
-                            f"expected int64 ({len(x)},), one per image")
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= len(a.classes):
-            raise DataError(f"{where}: {a.name} {split} labels span {low}..{high}; expected 0..{len(a.classes) - 1}")
-    if len(a.classes) != NUM_CLASSES:
-        raise DataError(f"{where}: {a.name} has {len(a.classes)} classes {list(a.classes)}; expected {NUM_CLASSES}")
+    """:func:`toynet.data.checks.check_named` on ``a``'s (CPU) tensors; raises DataError."""
+    check_named(a.name, {k: getattr(a, k).numpy() for k in ARRAY_NAMES}, a.classes, where)
 
 
 def subset_balanced(x: torch.Tensor, y: torch.Tensor, limit: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
