@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestration.config import GridConfig
@@ -61,6 +62,10 @@ class RaySettings:
       about 4 CPU-s of start-up; the smoke grid ran 12% faster without them. grid.py's
       ``--dashboard`` turns it on. Ray's own ``PlacementGroupCleaner`` needs it (it polls
       the dashboard's state API); :mod:`orchestration.pg_reaper` does not.
+    - ``tune_tensorboard``: Tune's automatic per-trial TensorBoardX files under the
+      store's ``.ray/tune`` (its CSV and JSON results stay). Off: the store already
+      keeps every run's TensorBoard events (:mod:`orchestration.tb`), and TensorBoardX
+      imports torch into the grid's driver (~1.7 s at start, ~0.5 s at exit).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -76,6 +81,7 @@ class RaySettings:
     shared_result_queue: bool = True
     pg_cleaner_actor: bool = False
     dashboard: bool = False
+    tune_tensorboard: bool = False
     preload_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -95,23 +101,29 @@ class RaySettings:
 RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
     dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
-    dashboard=True,
+    dashboard=True, tune_tensorboard=True,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""
 
 
-def connect(settings: RaySettings = RaySettings()) -> str:
-    """Join the cluster named by RAY_ADDRESS or started by ``ray start``, else start one.
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """How :func:`connect` reached Ray: ``description`` is a sentence for the user;
+    ``started_here`` is true when this process started a private one-machine instance."""
 
-    Returns a sentence saying which it did.
-    """
+    description: str
+    started_here: bool
+
+
+def connect(settings: RaySettings = RaySettings()) -> Connection:
+    """Join the cluster named by RAY_ADDRESS or started by ``ray start``, else start one."""
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-        return f"joined the Ray cluster at {address}"
+        return Connection(f"joined the Ray cluster at {address}", started_here=False)
     try:
         ray.init(address="auto", log_to_driver=True)
-        return "joined the Ray cluster running on this machine (started with `ray start`)"
+        return Connection("joined the Ray cluster running on this machine (started with `ray start`)", False)
     except ConnectionError:
         pass
     # A private cluster for this run; a dashboard, if asked for, listens on 127.0.0.1 only.
@@ -120,7 +132,22 @@ def connect(settings: RaySettings = RaySettings()) -> str:
                        _system_config=system_config)
     dashboard = (f"dashboard at http://{context.dashboard_url}" if settings.dashboard
                  else "no dashboard; --dashboard starts one")
-    return f"started a local Ray instance with {ray.cluster_resources().get('CPU', 0):g} CPUs ({dashboard})"
+    cpus = ray.cluster_resources().get("CPU", 0)
+    return Connection(f"started a local Ray instance with {cpus:g} CPUs ({dashboard})", started_here=True)
+
+
+def disconnect(connection: Connection) -> None:
+    """Leave Ray; stop the instance if this process started it.
+
+    Ray 2.60's shutdown stops the GCS before the autoscaler monitor, whose SIGTERM
+    handler then blocks on reporting to the stopped GCS until Ray kills it a second
+    later: a second of every grid's wall time. A one-machine instance's monitor has
+    nothing to report or save, so it is killed first, as Ray itself would a second on.
+    """
+    node = ray._private.worker._global_node  # the processes ray.init started; no public handle
+    if connection.started_here and node is not None:
+        node.kill_monitor(check_alive=False)
+    ray.shutdown()
 
 
 def cluster_resources() -> ClusterResources:
@@ -183,6 +210,11 @@ def grid_point(cfg: GridConfig, spec: RunSpec, root: str, fault: dict[str, Any] 
     }
 
 
+def tune_loggers(settings: RaySettings) -> list[tune.Callback]:
+    """Tune's result loggers to pass explicitly: none when Tune adds its own three."""
+    return [] if settings.tune_tensorboard else [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 class _FreeEndedTrials(tune.Callback):
     """When a trial ends, free the placement group its Train controller may have left:
     Tune gave up on it (its driver died on every attempt) or stopped it
@@ -209,11 +241,13 @@ def run_on_ray(
 
     Returns the progress tracker, whose timestamps the benchmarks read.
     """
-    print(connect(settings), flush=True)
+    connection = connect(settings)
+    print(connection.description, flush=True)
     try:
         plan = ResourcePlan.build(cfg.resources, cluster_resources(), len(pending))
         print(plan.describe("the cluster"), flush=True)
-        check_nodes_can_write(store.root)
+        if not connection.started_here:  # else the one node is this one, and grid.py checked it
+            check_nodes_can_write(store.root)
         points = [grid_point(cfg, spec, store.root, fault, settings) for spec in pending]
         progress = GridProgress({s.run_id: s for s in pending}, interval_s=progress_interval)
         tuner = tune.Tuner(
@@ -224,11 +258,14 @@ def run_on_ray(
                 name=cfg.storage.experiment,
                 storage_path=join_root(store.root, ".ray", "tune"),
                 verbose=0,
-                callbacks=[progress, _FreeEndedTrials()],
+                callbacks=[progress, _FreeEndedTrials(), *tune_loggers(settings)],
                 failure_config=tune.FailureConfig(max_failures=cfg.failure.max_retries),
             ),
         )
+        # Read by fit(): "1" stops Tune adding its CSV, JSON and TensorBoardX loggers;
+        # tune_callbacks() then passes the first two itself.
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0" if settings.tune_tensorboard else "1"
         tuner.fit()
         return progress
     finally:
-        ray.shutdown()
+        disconnect(connection)

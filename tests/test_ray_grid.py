@@ -69,6 +69,11 @@ def test_smoke_grid_via_ray_job_submit(ray_cluster, tmp_path):
     started = _actors_since(before, ray_cluster.actor_counts())
     assert not started.keys() & {"TrainController", "RayTrainWorker", "SynchronizationActor", "_QueueActor"}, started
     assert 1 <= started["ImplicitFunc"] <= 2, started
+    # Tune keeps its per-trial JSON and CSV results, but not its TensorBoardX files: the
+    # store has each run's TensorBoard events, and TensorBoardX imports torch into grid.py.
+    tune_dir = artifacts / ".ray" / "tune" / "smoke"
+    assert len(list(tune_dir.glob("*/result.json"))) == len(list(tune_dir.glob("*/progress.csv"))) == SMOKE_RUNS
+    assert not list(tune_dir.rglob("events.out.tfevents*"))
 
     # Running the same grid again trains nothing and leaves the records untouched.
     before = {r["run_id"]: r["finished_at"] for r in runs}
