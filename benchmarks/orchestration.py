@@ -39,7 +39,8 @@
    Ray), with ``--no-train-in-trial`` (each run on a Ray Train worker), and joining a
    Ray already started with ``ray start`` (as on a cluster; the start is not timed).
 
-Run: ``python benchmarks/orchestration.py [--quick]``; results in benchmarks/results/.
+Run: ``python benchmarks/orchestration.py [--quick | --efficiency-only]``; results in
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -316,7 +317,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, no efficiency runs")
     parser.add_argument("--with-preload", action="store_true", help="add the preload-torch variant")
+    parser.add_argument("--efficiency-only", action="store_true", help="only the smoke-grid efficiency runs")
     args = parser.parse_args()
+    if args.quick and args.efficiency_only:
+        parser.error("--quick skips the efficiency runs; --efficiency-only runs nothing else")
     variants = {**VARIANTS, **(PRELOAD if args.with_preload else {})}
     repeats = 1 if args.quick else 2
     info = machine_info({"modes": {m: {"concurrent": c, "trials": t} for m, (c, t) in MODES.items()},
@@ -324,7 +328,7 @@ def main() -> int:
     print(format_header("Orchestration overhead (Tune → Train, trivial trials)", info))
     samples: Samples = {mode: {name: [] for name in variants} for mode in MODES}
     slot_seconds: Samples = {mode: {name: [] for name in variants} for mode in MODES}
-    for rep in range(repeats):
+    for rep in range(0 if args.efficiency_only else repeats):
         order = list(variants) if rep % 2 == 0 else list(reversed(variants))
         for name in order:
             for mode, (concurrent, trials) in MODES.items():
@@ -332,8 +336,10 @@ def main() -> int:
                 overheads, per_trial = measure_overhead(variants[name], trials, concurrent)
                 samples[mode][name] += overheads
                 slot_seconds[mode][name].append(per_trial)
-    result: dict[str, Any] = {"info": info, "overhead_s": samples, "slot_seconds_per_trial": slot_seconds,
-                              "median_s": _overhead_tables(samples, slot_seconds)}
+    result: dict[str, Any] = {"info": info}
+    if not args.efficiency_only:
+        result.update(overhead_s=samples, slot_seconds_per_trial=slot_seconds,
+                      median_s=_overhead_tables(samples, slot_seconds))
     if not args.quick:
         effs = []
         for epochs in (None, 40):
