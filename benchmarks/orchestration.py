@@ -28,8 +28,10 @@
    ``--with-preload`` adds "+ preload torch" (idle Ray workers import torch; Train workers).
 2. Grid efficiency = Σ(standalone wall time of each run through ``python -m
    toynet.train``) / (grid wall time × concurrent slots), the grid run as a user runs
-   it (``python orchestration/grid.py --config configs/smoke.yaml``), once as shipped
-   (5 epochs) and once with ``--epochs 40``. Standalone runs are timed two ways: on the
+   it (``python orchestration/grid.py --config configs/smoke.yaml``), as shipped
+   (5 epochs; ``--efficiency-repeats``, default 3, interleaved repeats each timing the
+   standalone runs and then every grid run, reported by the median grid run) and once
+   with ``--epochs 40``. Standalone runs are timed two ways: on the
    whole machine (2 torch threads) and in one slot (pinned to 1 CPU, 1 thread: what a
    grid trial gets). Where the grid's time goes: its runs' epochs (as each run timed
    them) against the same epochs run alone in one slot, the slot-seconds per run
@@ -223,30 +225,47 @@ GRID_RUNS = {"grid.py": ([], False), "grid.py --no-train-in-trial": (["--no-trai
              "grid.py on a running Ray": ([], True)}
 
 
-def measure_efficiency(epochs: int | None) -> list[dict[str, Any]]:
+def measure_efficiency(epochs: int | None, repeats: int = 1) -> list[dict[str, Any]]:
     """Σ standalone run time (whole machine / one slot) vs the smoke grid's wall time × slots,
-    for each of GRID_RUNS.
+    for each of GRID_RUNS; one entry per grid run, the median-wall repeat of each.
 
-    Also splits the grid's slot-seconds into the runs' epochs (as each run timed them)
-    and everything else, and compares those epochs with the same epochs run alone in
-    one slot: how much slower training itself is inside the grid.
+    Each repeat times the standalone runs and then each grid run (in alternating order),
+    so every efficiency compares runs made minutes apart on this noisy machine. Also
+    splits the grid's slot-seconds into the runs' epochs (as each run timed them) and
+    everything else, and compares those epochs with the same epochs run alone in one
+    slot: how much slower training itself is inside the grid.
     """
     cfg = load_config(SMOKE)
-    machine, slot, slot_epochs = _standalone(cfg, epochs)
-    slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in GRID_RUNS}
+    for rep in range(repeats):
+        machine, slot, slot_epochs = _standalone(cfg, epochs)
+        names = list(GRID_RUNS) if rep % 2 == 0 else list(reversed(GRID_RUNS))
+        for name in names:
+            flags, joins = GRID_RUNS[name]
+            grid, grid_epochs, cpu = _grid(cfg, [*(["--epochs", str(epochs)] if epochs else []), *flags], joins)
+            samples[name].append(_efficiency(cfg, name, epochs, (machine, slot, slot_epochs), grid, grid_epochs, cpu))
     results = []
-    for name, (flags, joins) in GRID_RUNS.items():
-        grid, grid_epochs, cpu = _grid(cfg, [*(["--epochs", str(epochs)] if epochs else []), *flags], joins)
-        results.append({
-            "grid": name, "epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
-            "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
-            "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots),
-            "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
-            "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
-            "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
-            "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals(),
-            "peak_rss_mib_by_process": cpu.peak_rss_mib()})
+    for name, runs in samples.items():
+        effs = sorted(e["efficiency_slot"] for e in runs)
+        median = sorted(runs, key=lambda e: e["grid_wall_s"])[len(runs) // 2]
+        results.append({**median, "repeats": len(runs), "efficiency_slot_range": [effs[0], effs[-1]],
+                        "grid_wall_s_all": [e["grid_wall_s"] for e in runs]})
     return results
+
+
+def _efficiency(cfg: GridConfig, name: str, epochs: int | None, standalone: tuple[list[float], ...], grid: float,
+                grid_epochs: list[float], cpu: CpuByProcess) -> dict[str, Any]:
+    machine, slot, slot_epochs = standalone
+    slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
+    return {
+        "grid": name, "epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
+        "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
+        "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots),
+        "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
+        "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
+        "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
+        "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals(),
+        "peak_rss_mib_by_process": cpu.peak_rss_mib()}
 
 
 def _standalone(cfg: GridConfig, epochs: int | None) -> tuple[list[float], list[float], list[float]]:
@@ -318,6 +337,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one repeat, no efficiency runs")
     parser.add_argument("--with-preload", action="store_true", help="add the preload-torch variant")
     parser.add_argument("--efficiency-only", action="store_true", help="only the smoke-grid efficiency runs")
+    parser.add_argument("--efficiency-repeats", type=int, default=3,
+                        help="interleaved repeats of the shipped smoke grid's efficiency runs (40 epochs: one)")
     args = parser.parse_args()
     if args.quick and args.efficiency_only:
         parser.error("--quick skips the efficiency runs; --efficiency-only runs nothing else")
@@ -342,14 +363,17 @@ def main() -> int:
                       median_s=_overhead_tables(samples, slot_seconds))
     if not args.quick:
         effs = []
-        for epochs in (None, 40):
-            log(f"efficiency: smoke grid, epochs {epochs or 'as configured'}")
-            effs += measure_efficiency(epochs)
+        for epochs, repeats in ((None, args.efficiency_repeats), (40, 1)):
+            log(f"efficiency: smoke grid, epochs {epochs or 'as configured'}, {repeats} repeat(s)")
+            effs += measure_efficiency(epochs, repeats)
+        print("\nOf each grid's repeats, the one with the median wall time; the slot-efficiency range covers all.\n")
         print(markdown_table(
             ["grid", "epochs", "Σ standalone s (machine / slot)", "grid wall s", "slots", "efficiency (machine / slot)",
-             "Σ epochs s (alone in a slot / in grid)", "epochs in grid ÷ alone", "slot-s per run beyond its epochs"],
+             "slot efficiency, all repeats", "Σ epochs s (alone in a slot / in grid)", "epochs in grid ÷ alone",
+             "slot-s per run beyond its epochs"],
             [[e["grid"], e["epochs"], f"{e['standalone_machine_s']:.1f} / {e['standalone_slot_s']:.1f}", f"{e['grid_wall_s']:.1f}",
               e["slots"], f"{e['efficiency_machine']:.2f} / {e['efficiency_slot']:.2f}",
+              "–".join(f"{x:.2f}" for x in e["efficiency_slot_range"]) + f" ({e['repeats']})",
               f"{e['standalone_slot_epochs_s']:.1f} / {e['grid_epochs_s']:.1f}", f"{e['epoch_slowdown']:.2f}",
               f"{e['slot_s_outside_epochs_per_run']:.1f}"] for e in effs]))
         for e in effs:

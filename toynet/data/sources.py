@@ -17,7 +17,6 @@ the file and what was expected.
 
 from __future__ import annotations
 
-import logging
 import tarfile
 import warnings
 import zlib
@@ -34,8 +33,6 @@ from toynet.data.layouts import (
 )
 from toynet.errors import DataError
 from toynet.spec import INPUT_SHAPES, NUM_CLASSES
-
-logger = logging.getLogger(__name__)
 
 # (class name, where it came from for messages, encoded bytes)
 Item = tuple[str, str, bytes]
