@@ -381,7 +381,8 @@ def main() -> int:
                   f"({e['grid_wall_s']:.1f} s × {e['cpus']} CPUs = {e['grid_wall_s'] * e['cpus']:.0f} CPU-s):\n")
             print(_cpu_table(e))
         result["smoke_efficiency"] = effs
-    print(f"wrote {write_json('orchestration', result)}")
+    name = "orchestration_efficiency" if args.efficiency_only else "orchestration"
+    print(f"wrote {write_json(name, result)}")
     return 0
 
 

@@ -95,3 +95,26 @@ def test_cpu_trials_get_a_backend_whose_controller_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert out.stdout.decode().split() == ["gloo", "False"]
+
+
+def test_grid_py_keeps_tunes_csv_and_json_results_but_not_its_tensorboardx_logger():
+    """TensorBoardX imports torch into grid.py; the store writes each run's TensorBoard
+    events itself. The smoke job-submit test checks the files Tune then writes."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from orchestration.tuning import tune_loggers
+
+    assert RaySettings().tune_tensorboard is False and RAY_DEFAULTS.tune_tensorboard is True
+    assert [type(cb) for cb in tune_loggers(RaySettings())] == [CSVLoggerCallback, JsonLoggerCallback]
+    assert tune_loggers(RAY_DEFAULTS) == []  # Tune adds its own three
+
+
+def test_the_ray_internals_disconnect_relies_on_are_there():
+    """disconnect() kills the autoscaler monitor of grid.py's own Ray instance before
+    ray.shutdown() (Ray 2.60 stops the GCS first, and the monitor then hangs for 1 s).
+    The CI's quickstart runs that path; this names the API if a Ray upgrade moves it."""
+    import ray._private.worker
+    from ray._private.node import Node
+
+    assert hasattr(ray._private.worker, "_global_node")
+    assert "check_alive" in Node.kill_monitor.__code__.co_varnames
