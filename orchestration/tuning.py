@@ -239,7 +239,9 @@ def run_on_ray(
 ) -> GridProgress:
     """Train every pending run on Ray; results land in ``store``. Shuts Ray down after.
 
-    Returns the progress tracker, whose timestamps the benchmarks read.
+    The caller has checked that this machine can write ``store`` (grid.py does); the
+    other nodes of a cluster are probed here. Returns the progress tracker, whose
+    timestamps the benchmarks read.
     """
     connection = connect(settings)
     print(connection.description, flush=True)
@@ -263,7 +265,7 @@ def run_on_ray(
             ),
         )
         # Read by fit(): "1" stops Tune adding its CSV, JSON and TensorBoardX loggers;
-        # tune_callbacks() then passes the first two itself.
+        # tune_loggers() then passes the first two itself.
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0" if settings.tune_tensorboard else "1"
         tuner.fit()
         return progress
