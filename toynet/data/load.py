@@ -9,9 +9,8 @@ import torch
 from toynet.data import sources
 from toynet.data.arrays import DataArrays, check_arrays, subset_balanced
 from toynet.data.checks import ARRAY_NAMES
-from toynet.data.prepare import cached_arrays
+from toynet.data.prepare import cached_arrays, check_dataset_name
 from toynet.errors import ConfigError
-from toynet.spec import DATASETS
 
 
 def load_dataset(
@@ -31,8 +30,7 @@ def load_dataset(
     a fixed class-balanced subset (:func:`subset_balanced`); ``None`` keeps all.
     Raises ConfigError for bad arguments and DataError for missing or bad data.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
+    check_dataset_name(name)
     for label, limit in (("train_limit", train_limit), ("val_limit", val_limit)):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
             raise ConfigError(f"{label} must be a positive integer or null, got {limit!r}")

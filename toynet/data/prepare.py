@@ -58,6 +58,12 @@ def default_cache_dir() -> Path:
     return platformdirs.user_cache_path("toynet") / "arrays"
 
 
+def check_dataset_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` is one of ``spec.DATASETS``."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
+
+
 def prepare_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False,
                     cache_dir: str | Path | None = None) -> Prepared:
     """Make ``name`` loadable on this machine (decoded and cached once); torch-free.
@@ -65,8 +71,7 @@ def prepare_dataset(name: str, data_dir: str | Path | None = None, *, download: 
     Raises ConfigError for an unknown name and DataError for missing or bad data, with
     the messages :func:`toynet.data.load_dataset` would give.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
+    check_dataset_name(name)
     if name == "digits":
         labels = layouts.read_digits_csv()[:, 64]
         train, val = layouts.digits_split_sizes(labels)
