@@ -21,7 +21,7 @@
        process instead of one per trial;
      - "+ no PG cleaner actor": also no ``PlacementGroupCleaner`` actor per trial
        (orchestration.pg_reaper);
-     - "+ no dashboard": the settings grid.py uses (orchestration.tuning.RaySettings),
+     - "+ no dashboard": the settings grid.py uses (orchestration.settings.RaySettings),
        also no Ray dashboard; runs still on Train's worker actors (``--no-train-in-trial``);
      - "grid.py": what grid.py runs: also each one-worker run trained inside its Tune
        trial's process, without Train's actors (orchestration.in_trial).
@@ -66,7 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import REPO_ROOT, format_header, log, machine_info, markdown_table, write_json  # noqa: E402
 from orchestration.config import DataOptions, GridConfig, load_config  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
-from orchestration.tuning import RAY_DEFAULTS, RaySettings, run_on_ray  # noqa: E402
+from orchestration.settings import RAY_DEFAULTS, RaySettings  # noqa: E402
+from orchestration.tuning import run_on_ray  # noqa: E402
 from tests.ray_cluster import start_cluster  # noqa: E402  (the tests' `ray start` head node)
 from toynet.data.prepare import default_cache_dir  # noqa: E402
 

@@ -113,11 +113,23 @@ def _body(argv: Sequence[str] | None) -> int:
         return _summarise(cfg, store)
     _check_data(cfg)
     store.check_writable()  # after every input check: a failed check leaves no empty root behind
-    from orchestration.tuning import RaySettings, run_on_ray  # imports ray: only after input is validated
-
-    run_on_ray(cfg, store, pending, progress_interval=args.progress_interval, fault=fault,
-               settings=RaySettings(dashboard=args.dashboard))
+    _run_on_ray(cfg, store, pending, args, fault)
     return _summarise(cfg, store)
+
+
+def _run_on_ray(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec], args: Any,
+                fault: dict[str, Any] | None) -> None:
+    # Imports Ray only now, after every input check. Ray starts (or is joined) while a
+    # thread imports the Tune layer: most of ray.init() is waiting on Ray's processes.
+    from orchestration.cluster import connect_while_importing
+    from orchestration.settings import RaySettings
+
+    settings = RaySettings(dashboard=args.dashboard)
+    connection = connect_while_importing(settings, "orchestration.tuning")
+    from orchestration.tuning import run_grid  # imported by now
+
+    run_grid(connection, cfg, store, pending, progress_interval=args.progress_interval, fault=fault,
+             settings=settings)
 
 
 def _parse_fault(text: str | None) -> dict[str, Any] | None:

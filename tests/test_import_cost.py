@@ -17,7 +17,7 @@ from tests.ray_cluster import REPO as REPO_ROOT
 
 TORCH_FREE = ["toynet", "toynet.spec", "toynet.data", "toynet.data.prepare", "toynet.data.layouts", "orchestration.config", "orchestration.store", "orchestration.grid",
               "orchestration.gloo", "orchestration.relay", "orchestration.pg_reaper", "orchestration.in_trial",
-              "orchestration.ray_train", "orchestration.tuning"]
+              "orchestration.ray_train", "orchestration.tuning", "orchestration.cluster", "orchestration.settings"]
 
 
 def _imported(module: str) -> list[str]:

@@ -11,7 +11,8 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from orchestration.config import Overrides, apply_overrides, load_config
 from orchestration.pg_reaper import RecordPlacementGroup
 from orchestration.ray_train import _GridTrainer, placement_group_key
-from orchestration.tuning import RAY_DEFAULTS, RaySettings, grid_point
+from orchestration.settings import RAY_DEFAULTS, RaySettings
+from orchestration.tuning import grid_point
 from toynet.options import TrainOptions
 
 SMOKE = "configs/smoke.yaml"

@@ -1,0 +1,73 @@
+"""grid.py starts Ray while a thread imports the Tune layer: the two share no first
+import (so Python's import locks cannot deadlock), an import failure is raised after
+disconnecting, and the settings reach ray.init."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+from orchestration.cluster import SHARED_FIRST_IMPORTS, system_config
+from orchestration.settings import RAY_DEFAULTS, RaySettings
+from tests.ray_cluster import REPO
+
+# Modules a fresh interpreter imports for the first time doing one thing, after what
+# connect_while_importing has imported before its thread starts.
+NEW_MODULES = """
+import json, sys
+from orchestration.cluster import disconnect, import_shared_first, start_private
+from orchestration.settings import RaySettings
+import_shared_first()
+before = set(sys.modules)
+if sys.argv[1] == "start":
+    connection = start_private(RaySettings())
+    new = set(sys.modules) - before
+    disconnect(connection)
+else:
+    import orchestration.tuning
+    new = set(sys.modules) - before
+print(json.dumps(sorted(new)))
+"""
+
+
+def _new_modules(what: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", NEW_MODULES, what], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_starting_ray_and_importing_tune_share_no_first_import():
+    """A Ray upgrade that changes what either side imports fails here, naming the
+    modules to add to SHARED_FIRST_IMPORTS."""
+    by_start, by_tune = _new_modules("start"), _new_modules("tune")
+    assert "ray.tune" in by_tune and by_start  # each side did import something
+    assert sorted(by_start & by_tune) == []
+    for name in SHARED_FIRST_IMPORTS:  # none has moved (import_shared_first skips a missing one)
+        assert importlib.util.find_spec(name) is not None, name
+
+
+FAILING_IMPORT = """
+import ray
+from orchestration.cluster import connect_while_importing
+from orchestration.settings import RaySettings
+try:
+    connect_while_importing(RaySettings(), "orchestration.no_such_module")
+except ModuleNotFoundError as exc:
+    print("raised", exc.name, "connected", ray.is_initialized())
+"""
+
+
+def test_a_failed_import_is_raised_after_disconnecting(ray_cluster):
+    out = subprocess.run([sys.executable, "-c", FAILING_IMPORT], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-4:] == ["raised", "orchestration.no_such_module", "connected", "False"]
+
+
+def test_grid_py_leaves_out_rays_idle_workers_which_tune_trials_never_use():
+    assert system_config(RaySettings()) == {"prestart_worker_first_driver": False}
+    assert system_config(RAY_DEFAULTS) == {"prestart_worker_first_driver": True}
+    preload = system_config(RaySettings(preload_modules=("torch",)))
+    assert preload["preload_python_modules"] == ["torch"]
