@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from orchestration.config import (  # noqa: E402
     DEFAULT_CONFIG, GridConfig, Overrides, Training, apply_overrides, load_config,
 )
-from orchestration.plan import ResourcePlan, local_resources, resolve_artifacts_root  # noqa: E402
+from orchestration.plan import ResourcePlan, dispatch_order, local_resources, resolve_artifacts_root  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
 from toynet.cli import ArgumentParser, run_main, setup_logging  # noqa: E402
 from toynet.errors import ConfigError  # noqa: E402
@@ -73,14 +73,18 @@ def _overrides(args: Any) -> Overrides:
     return Overrides(**{n: getattr(args, n) for n in names})
 
 
-def _check_data(cfg: GridConfig) -> None:
+def _check_data(cfg: GridConfig) -> dict[str, int]:
     """Make each dataset ready on this node (decoded once into its cache), without
-    importing torch: missing or bad data fails here, before Ray starts."""
+    importing torch: missing or bad data fails here, before Ray starts. Returns each
+    dataset's training-split size."""
     from toynet.data import prepare_dataset
 
+    sizes = {}
     for name in dict.fromkeys(spec.dataset for spec in cfg.runs):
         ready = prepare_dataset(name, cfg.data.dir, download=cfg.data.download)
         log.info("dataset %s ready: %d train / %d val images (%s)", name, ready.train, ready.val, ready.origin)
+        sizes[name] = ready.train
+    return sizes
 
 
 def _print_runs(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec]) -> None:
@@ -111,9 +115,9 @@ def _body(argv: Sequence[str] | None) -> int:
     if not pending:
         print("nothing to do: every run is already complete")
         return _summarise(cfg, store)
-    _check_data(cfg)
+    train_sizes = _check_data(cfg)
     store.check_writable()  # after every input check: a failed check leaves no empty root behind
-    _run_on_ray(cfg, store, pending, args, fault)
+    _run_on_ray(cfg, store, dispatch_order(pending, train_sizes), args, fault)
     return _summarise(cfg, store)
 
 

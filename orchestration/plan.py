@@ -9,9 +9,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from orchestration.config import Resources
 from toynet.errors import ConfigError
+from toynet.spec import INPUT_SHAPES, TRANSFORMS, RunSpec
 
 # Tune's driver trainable only builds the TorchTrainer and waits: it asks for a token
 # resource, not a CPU, so drivers never keep Train workers from being placed.
@@ -86,6 +88,26 @@ class ResourcePlan:
                      f"placement {r.placement_strategy}")
         return (f"resource plan on {where}: {self.pending} runs to train; each trial = {shape}; "
                 f"{self.concurrent} trial(s) at a time")
+
+
+def dispatch_order(runs: Sequence[RunSpec], train_sizes: Mapping[str, int]) -> list[RunSpec]:
+    """The runs in the order their trials should start: the most work first.
+
+    Longest-first keeps a grid from ending on one long run alone while the other
+    slots idle (the seed grid lists its 240-epoch runs last). Work is epochs ×
+    training images × pixels per image (``train_sizes``: each dataset's full training
+    split); ties go first to runs that do more per image or per step (BatchNorm,
+    heavier transforms, smaller batches), and then keep their config order.
+    """
+    def work(spec: RunSpec) -> tuple[int, bool, int, int]:
+        images = train_sizes[spec.dataset]
+        if spec.train_limit is not None:
+            images = min(images, spec.train_limit)
+        channels, height, width = INPUT_SHAPES[spec.dataset]
+        return (spec.epochs * images * channels * height * width, spec.bn, TRANSFORMS.index(spec.transforms),
+                -spec.batch_size)
+
+    return sorted(runs, key=work, reverse=True)  # sorted() is stable, reverse=True too
 
 
 def _check_placeable(res: Resources, cluster: ClusterResources) -> None:

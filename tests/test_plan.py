@@ -7,7 +7,7 @@ import json
 import pytest
 
 from orchestration.config import Resources
-from orchestration.plan import ClusterResources, ResourcePlan, join_root, resolve_artifacts_root
+from orchestration.plan import ClusterResources, ResourcePlan, dispatch_order, join_root, resolve_artifacts_root
 from toynet.errors import ConfigError
 from toynet.spec import RunSpec
 
@@ -38,6 +38,33 @@ def test_concurrency_follows_the_cluster(res, cluster, pending, concurrent):
 def test_trials_that_can_never_be_placed_are_refused(res, cluster, words):
     with pytest.raises(ConfigError, match=words):
         ResourcePlan.build(res, cluster, 10)
+
+
+def _spec(dataset="mnist", epochs=10, bn=False, transforms="none", batch_size=64, train_limit=None, seed=0):
+    return RunSpec(dataset=dataset, bn=bn, batch_size=batch_size, transforms=transforms, epochs=epochs,
+                   train_limit=train_limit, seed=seed)
+
+
+SIZES = {"mnist": 60_000, "cifar10": 50_000, "digits": 1_438}
+
+
+def test_runs_start_with_the_most_work_first():
+    """Epochs × training images × pixels: a CIFAR-10 image has 3×32×32 values, MNIST 28×28."""
+    short, long_ = _spec(epochs=10), _spec(epochs=60)
+    cifar = _spec("cifar10", epochs=10)            # 50k × 3072 > 60k × 784 per epoch
+    limited = _spec("cifar10", epochs=10, train_limit=1_000)
+    assert dispatch_order([short, limited, long_, cifar], SIZES) == [long_, cifar, short, limited]
+
+
+def test_runs_of_equal_work_start_bn_then_heavier_transforms_then_smaller_batches():
+    plain, bn, basic, normal = _spec(), _spec(bn=True), _spec(transforms="basic"), _spec(transforms="normal")
+    small_batch = _spec(batch_size=32)
+    assert dispatch_order([plain, small_batch, basic, normal, bn], SIZES) == [bn, normal, basic, small_batch, plain]
+
+
+def test_runs_that_tie_keep_their_config_order():
+    a, b = _spec(seed=0), _spec(seed=1)
+    assert dispatch_order([b, a], SIZES) == [b, a] and dispatch_order([a, b], SIZES) == [a, b]
 
 
 def test_join_root_keeps_the_uri_query_last():

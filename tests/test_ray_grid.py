@@ -74,6 +74,9 @@ def test_smoke_grid_via_ray_job_submit(ray_cluster, tmp_path):
     tune_dir = artifacts / ".ray" / "tune" / "smoke"
     assert len(list(tune_dir.glob("*/result.json"))) == len(list(tune_dir.glob("*/progress.csv"))) == SMOKE_RUNS
     assert not list(tune_dir.rglob("events.out.tfevents*"))
+    # Trials start in orchestration.plan.dispatch_order: the smoke runs' work is equal,
+    # so a BatchNorm run with transforms first (Tune numbers its trials' directories).
+    assert "run_id_digits-bn-b32-basic-" in sorted(p.name for p in tune_dir.glob("driver_*"))[0]
 
     # Running the same grid again trains nothing and leaves the records untouched.
     before = {r["run_id"]: r["finished_at"] for r in runs}
