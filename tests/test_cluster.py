@@ -4,6 +4,7 @@ disconnecting, and the settings reach ray.init."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -17,12 +18,12 @@ from tests.ray_cluster import REPO
 # connect_while_importing has imported before its thread starts.
 NEW_MODULES = """
 import json, sys
-from orchestration.cluster import disconnect, import_shared_first, start_private
+from orchestration.cluster import connect, disconnect, import_shared_first, start_private
 from orchestration.settings import RaySettings
 import_shared_first()
 before = set(sys.modules)
-if sys.argv[1] == "start":
-    connection = start_private(RaySettings())
+if sys.argv[1] in ("start", "join"):
+    connection = start_private(RaySettings()) if sys.argv[1] == "start" else connect(RaySettings())
     new = set(sys.modules) - before
     disconnect(connection)
 else:
@@ -32,20 +33,32 @@ print(json.dumps(sorted(new)))
 """
 
 
-def _new_modules(what: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", NEW_MODULES, what], cwd=REPO, capture_output=True, text=True, timeout=300)
+def _new_modules(what: str, env: dict[str, str] | None = None) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", NEW_MODULES, what], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@functools.cache
+def _tune_modules() -> frozenset[str]:
+    return frozenset(_new_modules("tune"))
 
 
 def test_starting_ray_and_importing_tune_share_no_first_import():
     """A Ray upgrade that changes what either side imports fails here, naming the
     modules to add to SHARED_FIRST_IMPORTS."""
-    by_start, by_tune = _new_modules("start"), _new_modules("tune")
-    assert "ray.tune" in by_tune and by_start  # each side did import something
-    assert sorted(by_start & by_tune) == []
+    by_start = _new_modules("start")
+    assert "ray.tune" in _tune_modules() and by_start  # each side did import something
+    assert sorted(by_start & _tune_modules()) == []
     for name in SHARED_FIRST_IMPORTS:  # none has moved (import_shared_first skips a missing one)
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_joining_a_cluster_and_importing_tune_share_no_first_import(ray_cluster):
+    """The path of `ray job submit` and of a cluster started with `ray start`."""
+    by_join = _new_modules("join", {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs})
+    assert sorted(by_join & _tune_modules()) == []
 
 
 FAILING_IMPORT = """
