@@ -117,11 +117,11 @@ def _body(argv: Sequence[str] | None) -> int:
         return _summarise(cfg, store)
     train_sizes = _check_data(cfg)
     store.check_writable()  # after every input check: a failed check leaves no empty root behind
-    _run_on_ray(cfg, store, dispatch_order(pending, train_sizes), args, fault)
+    _connect_and_run(cfg, store, dispatch_order(pending, train_sizes), args, fault)
     return _summarise(cfg, store)
 
 
-def _run_on_ray(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec], args: Any,
+def _connect_and_run(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec], args: Any,
                 fault: dict[str, Any] | None) -> None:
     # Imports Ray only now, after every input check. Ray starts (or is joined) while a
     # thread imports the Tune layer: most of ray.init() is waiting on Ray's processes.
