@@ -33,7 +33,11 @@
    standalone runs and then every grid run, reported by the median grid run) and once
    with ``--epochs 40``. Standalone runs are timed two ways: on the
    whole machine (2 torch threads) and in one slot (pinned to 1 CPU, 1 thread: what a
-   grid trial gets). Where the grid's time goes: its runs' epochs (as each run timed
+   grid trial gets). Also timed without Ray: all the runs through a plain process
+   pool, as many at a time as the grid (as ``xargs -P`` runs them), which splits the
+   grid's shortfall into what running two side by side costs the machine (shared
+   caches and clock, uneven runs) and what Ray and Tune add (grid wall ÷ pool wall).
+   Where the grid's time goes: its runs' epochs (as each run timed
    them) against the same epochs run alone in one slot, the slot-seconds per run
    beyond its epochs, and every process's CPU-seconds and peak resident memory while
    the grid runs, by kind (sampled from /proc: each Ray actor class, Ray's system
@@ -48,6 +52,7 @@ benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -239,50 +244,74 @@ def measure_efficiency(epochs: int | None, repeats: int = 1) -> list[dict[str, A
     cfg = load_config(SMOKE)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in GRID_RUNS}
     for rep in range(repeats):
-        machine, slot, slot_epochs = _standalone(cfg, epochs)
+        alone = _standalone(cfg, epochs)
         names = list(GRID_RUNS) if rep % 2 == 0 else list(reversed(GRID_RUNS))
         for name in names:
             flags, joins = GRID_RUNS[name]
             grid, grid_epochs, cpu = _grid(cfg, [*(["--epochs", str(epochs)] if epochs else []), *flags], joins)
-            samples[name].append(_efficiency(cfg, name, epochs, (machine, slot, slot_epochs), grid, grid_epochs, cpu))
+            samples[name].append(_efficiency(cfg, name, epochs, alone, grid, grid_epochs, cpu))
     results = []
     for name, runs in samples.items():
         effs = sorted(e["efficiency_slot"] for e in runs)
         median = sorted(runs, key=lambda e: e["grid_wall_s"])[len(runs) // 2]
         results.append({**median, "repeats": len(runs), "efficiency_slot_range": [effs[0], effs[-1]],
-                        "grid_wall_s_all": [e["grid_wall_s"] for e in runs]})
+                        "grid_wall_s_all": [e["grid_wall_s"] for e in runs],
+                        "efficiency_slot_all": [e["efficiency_slot"] for e in runs],
+                        "grid_over_pool_all": [e["grid_over_pool"] for e in runs]})
     return results
 
 
-def _efficiency(cfg: GridConfig, name: str, epochs: int | None, standalone: tuple[list[float], ...], grid: float,
+@dataclass(frozen=True)
+class Standalone:
+    """The smoke grid's runs through ``python -m toynet.train``, without Ray: each run's
+    wall s on the whole machine and alone in one slot, that one-slot run's epochs, and
+    the wall s of all runs through a plain process pool, ``slots`` at a time (as
+    ``xargs -P`` would run them; 1 torch thread each, as a Ray trial gets)."""
+
+    machine: list[float]
+    slot: list[float]
+    slot_epochs: list[float]
+    pool_wall: float
+
+
+def _efficiency(cfg: GridConfig, name: str, epochs: int | None, alone: Standalone, grid: float,
                 grid_epochs: list[float], cpu: CpuByProcess) -> dict[str, Any]:
-    machine, slot, slot_epochs = standalone
-    slots, runs = cfg.resources.max_concurrent_trials or 2, len(cfg.runs)
+    slots, runs = _slots(cfg), len(cfg.runs)
     return {
-        "grid": name, "epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(machine),
-        "standalone_slot_s": sum(slot), "grid_wall_s": grid, "slots": slots,
-        "efficiency_machine": sum(machine) / (grid * slots), "efficiency_slot": sum(slot) / (grid * slots),
-        "standalone_slot_epochs_s": sum(slot_epochs), "grid_epochs_s": sum(grid_epochs),
-        "epoch_slowdown": sum(grid_epochs) / sum(slot_epochs),
+        "grid": name, "epochs": epochs or cfg.runs[0].epochs, "standalone_machine_s": sum(alone.machine),
+        "standalone_slot_s": sum(alone.slot), "grid_wall_s": grid, "slots": slots,
+        "efficiency_machine": sum(alone.machine) / (grid * slots), "efficiency_slot": sum(alone.slot) / (grid * slots),
+        "pool_wall_s": alone.pool_wall, "efficiency_slot_pool": sum(alone.slot) / (alone.pool_wall * slots),
+        "grid_over_pool": grid / alone.pool_wall,
+        "standalone_slot_epochs_s": sum(alone.slot_epochs), "grid_epochs_s": sum(grid_epochs),
+        "epoch_slowdown": sum(grid_epochs) / sum(alone.slot_epochs),
         "slot_s_outside_epochs_per_run": (grid * slots - sum(grid_epochs)) / runs,
         "cpus": len(os.sched_getaffinity(0)), "cpu_s_by_process": cpu.totals(),
         "peak_rss_mib_by_process": cpu.peak_rss_mib()}
 
 
-def _standalone(cfg: GridConfig, epochs: int | None) -> tuple[list[float], list[float], list[float]]:
-    """Each run through ``python -m toynet.train``: wall s on the whole machine, in one
-    slot, and that one-slot run's epochs."""
+def _slots(cfg: GridConfig) -> int:
+    return cfg.resources.max_concurrent_trials or 2
+
+
+def _standalone(cfg: GridConfig, epochs: int | None) -> Standalone:
+    """Time the runs of ``cfg`` without Ray (see :class:`Standalone`)."""
     machine, slot, slot_epochs = [], [], []
     with tempfile.TemporaryDirectory() as out:
-        for spec in cfg.runs:
-            args = [sys.executable, "-m", "toynet.train", "--dataset", spec.dataset, "--bn" if spec.bn else "--no-bn",
-                    "--batch-size", str(spec.batch_size), "--transforms", spec.transforms,
-                    "--epochs", str(epochs or spec.epochs), "--device", "cpu", "--overwrite"]
-            machine.append(_wall([*args, "--out", str(Path(out) / "m" / spec.run_id)]))
-            slot_dir = Path(out) / "s" / spec.run_id
-            slot.append(_wall([*args, "--out", str(slot_dir)], one_slot=True))
-            slot_epochs.append(_epochs_s(json.loads((slot_dir / "metrics.json").read_text())["curve"]))
-    return machine, slot, slot_epochs
+        commands = [[sys.executable, "-m", "toynet.train", "--dataset", spec.dataset, "--bn" if spec.bn else "--no-bn",
+                     "--batch-size", str(spec.batch_size), "--transforms", spec.transforms,
+                     "--epochs", str(epochs or spec.epochs), "--device", "cpu", "--overwrite",
+                     "--out", str(Path(out) / spec.run_id)] for spec in cfg.runs]
+        for cmd in commands:
+            machine.append(_wall(cmd))
+            slot.append(_wall(cmd, one_slot=True))
+            slot_epochs.append(_epochs_s(json.loads((Path(cmd[-1]) / "metrics.json").read_text())["curve"]))
+        one_thread = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(_slots(cfg)) as pool:
+            list(pool.map(lambda cmd: _wall(cmd, env=one_thread), commands))
+        pool_wall = time.perf_counter() - start
+    return Standalone(machine, slot, slot_epochs, pool_wall)
 
 
 def _grid(cfg: GridConfig, args: list[str], joins: bool) -> tuple[float, list[float], CpuByProcess]:
@@ -377,6 +406,15 @@ def main() -> int:
               "–".join(f"{x:.2f}" for x in e["efficiency_slot_range"]) + f" ({e['repeats']})",
               f"{e['standalone_slot_epochs_s']:.1f} / {e['grid_epochs_s']:.1f}", f"{e['epoch_slowdown']:.2f}",
               f"{e['slot_s_outside_epochs_per_run']:.1f}"] for e in effs]))
+        print("\nThe same runs without Ray, through a plain process pool as many at a time as the grid "
+              "(`xargs -P`; 1 torch thread each): what the machine gives two runs side by side, and what "
+              "Ray and Tune add to it.\n")
+        print(markdown_table(
+            ["grid", "epochs", "pool wall s", "grid wall s", "grid ÷ pool", "grid ÷ pool, all repeats",
+             "slot efficiency of the pool"],
+            [[e["grid"], e["epochs"], f"{e['pool_wall_s']:.1f}", f"{e['grid_wall_s']:.1f}", f"{e['grid_over_pool']:.2f}",
+              ", ".join(f"{x:.2f}" for x in e["grid_over_pool_all"]), f"{e['efficiency_slot_pool']:.2f}"]
+             for e in effs]))
         for e in effs:
             print(f"\nwhere the machine's CPU went, {e['grid']}, smoke grid at {e['epochs']} epochs "
                   f"({e['grid_wall_s']:.1f} s × {e['cpus']} CPUs = {e['grid_wall_s'] * e['cpus']:.0f} CPU-s):\n")
