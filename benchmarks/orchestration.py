@@ -130,10 +130,12 @@ def _one_slot() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
-def _wall(cmd: list[str], *, one_slot: bool = False, env: dict[str, str] | None = None) -> float:
-    """Seconds ``cmd`` takes; without ``env``, in this environment minus RAY_ADDRESS."""
+def _wall(cmd: list[str], *, one_slot: bool = False, one_thread: bool = False,
+          env: dict[str, str] | None = None) -> float:
+    """Seconds ``cmd`` takes; without ``env``, in this environment minus RAY_ADDRESS.
+    ``one_slot`` pins it to one CPU with one torch thread; ``one_thread`` only the latter."""
     env = dict(env) if env else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if one_slot:
+    if one_slot or one_thread:
         env["OMP_NUM_THREADS"] = "1"
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True, capture_output=True,
@@ -306,10 +308,9 @@ def _standalone(cfg: GridConfig, epochs: int | None) -> Standalone:
             machine.append(_wall(cmd))
             slot.append(_wall(cmd, one_slot=True))
             slot_epochs.append(_epochs_s(json.loads((Path(cmd[-1]) / "metrics.json").read_text())["curve"]))
-        one_thread = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(_slots(cfg)) as pool:
-            list(pool.map(lambda cmd: _wall(cmd, env=one_thread), commands))
+            list(pool.map(lambda cmd: _wall(cmd, one_thread=True), commands))
         pool_wall = time.perf_counter() - start
     return Standalone(machine, slot, slot_epochs, pool_wall)
 
