@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from orchestration import compare as cmp
 from orchestration.records import METRICS, StoredRun
 from orchestration.store import ArtifactStore, default_root
-from toynet.cli import ArgumentParser, run_main
+from toynet.cli import ArgumentParser, exit_process, run_main
 from toynet.errors import ConfigError, WeightsError
 
 
@@ -219,5 +219,10 @@ def _when(stamp: str | None) -> str:
 
 
 
+def script() -> NoReturn:
+    """Entry point of ``python orchestration/artifacts.py`` and the ``toynet-artifacts`` script: exits."""
+    exit_process(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

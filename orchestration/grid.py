@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import logging
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from orchestration.config import (  # noqa: E402
 )
 from orchestration.plan import ResourcePlan, dispatch_order, local_resources, resolve_artifacts_root  # noqa: E402
 from orchestration.store import ArtifactStore  # noqa: E402
-from toynet.cli import ArgumentParser, run_main, setup_logging  # noqa: E402
+from toynet.cli import ArgumentParser, exit_process, run_main, setup_logging  # noqa: E402
 from toynet.errors import ConfigError  # noqa: E402
 from toynet.spec import RunSpec  # noqa: E402
 
@@ -171,13 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def script() -> NoReturn:
     """Entry point of ``orchestration/grid.py`` and the ``toynet-grid`` script: exits."""
-    status = main()
-    # Every result is written and Ray is shut down. Python's exit would now run a
-    # garbage collection over the whole Ray Tune heap (0.2 s); frozen objects are
-    # skipped, and whatever still needs closing is closed as usual (atexit handlers,
-    # reference counts, the std streams).
-    gc.freeze()
-    sys.exit(status)
+    exit_process(main)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,17 @@ import copy
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toynet.cli import ArgumentParser, run_main
+from toynet.cli import ArgumentParser, exit_process, run_main
 from toynet.data import DataArrays, load_dataset
 from toynet.checkpoint import atomic_torch_save
 from toynet.errors import ConfigError, DeviceError, WeightsError
@@ -418,5 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_main, argv)
 
 
+def script() -> NoReturn:
+    """Entry point of ``python -m toynet.train`` and the ``toynet-train`` script: exits."""
+    exit_process(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()
