@@ -217,10 +217,9 @@ def _when(stamp: str | None) -> str:
     return "—" if not stamp else stamp.replace("T", " ")[:16]
 
 
-
-
 def script() -> NoReturn:
-    """Entry point of ``python orchestration/artifacts.py`` and the ``toynet-artifacts`` script: exits."""
+    """Entry point of ``python orchestration/artifacts.py`` and the ``toynet-artifacts``
+    script: exits."""
     exit_process(main)
 
 
