@@ -52,7 +52,6 @@ benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -62,6 +61,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -309,7 +309,7 @@ def _standalone(cfg: GridConfig, epochs: int | None) -> Standalone:
             slot.append(_wall(cmd, one_slot=True))
             slot_epochs.append(_epochs_s(json.loads((Path(cmd[-1]) / "metrics.json").read_text())["curve"]))
         start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(_slots(cfg)) as pool:
+        with ThreadPoolExecutor(_slots(cfg)) as pool:
             list(pool.map(lambda cmd: _wall(cmd, one_thread=True), commands))
         pool_wall = time.perf_counter() - start
     return Standalone(machine, slot, slot_epochs, pool_wall)

@@ -122,7 +122,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
 
 def _connect_and_run(cfg: GridConfig, store: ArtifactStore, pending: list[RunSpec], args: Any,
-                fault: dict[str, Any] | None) -> None:
+                     fault: dict[str, Any] | None) -> None:
     # Imports Ray only now, after every input check. Ray starts (or is joined) while a
     # thread imports the Tune layer: most of ray.init() is waiting on Ray's processes.
     from orchestration.cluster import connect_while_importing
