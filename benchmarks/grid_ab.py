@@ -6,7 +6,8 @@ user runs it) alternates between that tree and this working tree, ``--repeats`` 
 each (order swapped every repeat). Both run with this checkout's virtual
 environment; ``PYTHONPATH`` points each run (and so its Ray workers) at its tree.
 Prints each side's median wall time and, per process kind, median CPU-seconds and
-peak resident memory of one process (``CpuByProcess`` from ``orchestration.py``).
+peak resident memory of one process (``CpuByProcess`` from ``orchestration.py``), and
+each repeat's wall ratio (this tree ÷ base; the pair ran back to back).
 
 Run: ``python benchmarks/grid_ab.py --base HEAD~1 [--repeats 4]``; results in
 benchmarks/results/grid_ab.json.
@@ -58,6 +59,12 @@ def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
     return markdown_table(["", "base CPU-s", "this tree CPU-s", "base peak MiB", "this tree peak MiB"], rows)
 
 
+def _paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """This tree's wall ÷ base's, per repeat: the two ran back to back, so a slow spell
+    of the machine mostly cancels out, which the medians of each side do not."""
+    return [h["wall_s"] / b["wall_s"] for b, h in zip(runs["base"], runs["this tree"])]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare with, e.g. HEAD~1")
@@ -83,7 +90,10 @@ def main() -> int:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO_ROOT, check=True)
     print(f"\nmedians of {args.repeats} runs each:\n")
     print(_table(runs))
-    print(f"wrote {write_json('grid_ab', {'info': info, 'runs': runs})}")
+    ratios = _paired_ratios(runs)
+    print(f"\nthis tree ÷ base wall, each repeat's back-to-back pair: {', '.join(f'{r:.2f}' for r in ratios)}"
+          f" (median {statistics.median(ratios):.2f})")
+    print(f"wrote {write_json('grid_ab', {'info': info, 'runs': runs, 'paired_wall_ratios': ratios})}")
     return 0
 
 

@@ -12,9 +12,10 @@ import dataclasses
 import importlib
 import os
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import ray
+import ray._private.node
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestration.plan import ClusterResources
@@ -57,8 +58,9 @@ def connect(settings: RaySettings = RaySettings()) -> Connection:
 def start_private(settings: RaySettings) -> Connection:
     """Start a Ray instance for this process alone; a dashboard, if asked for, listens
     on 127.0.0.1 only."""
-    context = ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=settings.dashboard,
-                       log_to_driver=True, _system_config=system_config(settings))
+    with _head_without(skipped_head_processes(settings)):
+        context = ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=settings.dashboard,
+                           log_to_driver=True, _system_config=system_config(settings))
     dashboard = (f"dashboard at http://{context.dashboard_url}" if settings.dashboard
                  else "no dashboard; --dashboard starts one")
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -71,6 +73,41 @@ def system_config(settings: RaySettings) -> dict[str, Any]:
     if settings.preload_modules:
         config["preload_python_modules"] = list(settings.preload_modules)
     return config
+
+
+def skipped_head_processes(settings: RaySettings) -> tuple[str, ...]:
+    """The methods of Ray's ``Node`` that :func:`start_private` leaves out: each starts
+    a head process ``settings`` turns off (see :class:`RaySettings`)."""
+    if settings.dashboard:  # it runs inside the API server and shows the monitor's cluster status
+        return ()
+    return tuple(method for method, wanted in (("start_api_server", settings.api_server),
+                                               ("start_monitor", settings.autoscaler_monitor)) if not wanted)
+
+
+@contextlib.contextmanager
+def _head_without(methods: tuple[str, ...]) -> Iterator[None]:
+    """While the block runs, the named start methods of Ray's ``Node`` start nothing.
+
+    ``ray.init()`` has no switch for these head processes (``ray start`` has
+    ``--no-monitor``, none for the API server); Ray 2.60's ``Node`` starts each through
+    its own method and copes with its absence (``ray start --no-monitor`` and a minimal
+    install take the same paths). Restored on exit, so joining or starting Ray later in
+    this process behaves as Ray's own. tests/test_cluster.py checks that the methods
+    exist and what a started instance runs.
+    """
+    node_class = ray._private.node.Node
+    saved = {name: getattr(node_class, name) for name in methods}  # AttributeError: Ray moved one
+    for name in methods:
+        setattr(node_class, name, _start_nothing)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(node_class, name, method)
+
+
+def _start_nothing(self: Any, *args: Any, **kwargs: Any) -> None:
+    del self, args, kwargs
 
 
 def import_shared_first() -> None:
@@ -113,8 +150,9 @@ def disconnect(connection: Connection) -> None:
 
     Ray 2.60's shutdown stops the GCS before the autoscaler monitor, whose SIGTERM
     handler then blocks on reporting to the stopped GCS until Ray kills it a second
-    later: a second of every grid's wall time. A one-machine instance's monitor has
-    nothing to report or save, so it is killed first, as Ray itself would a second on.
+    later: a second of every grid's wall time. A one-machine instance's monitor, when
+    it has one (``RaySettings.autoscaler_monitor``), has nothing to report or save, so
+    it is killed first, as Ray itself would a second on.
     """
     node = ray._private.worker._global_node  # the processes ray.init started; no public handle
     if connection.started_here and node is not None:

@@ -48,6 +48,16 @@ class RaySettings:
       trial actor a runtime environment (its own environment variables), so those
       default workers are never handed a trial; they only took ~0.4 CPU-s each while
       the trials' processes started.
+    - ``api_server``: the head's API server, for a Ray instance grid.py starts itself
+      without a dashboard. Ray 2.60 starts it even then, serving only usage statistics,
+      and ``ray.init()`` waits for it: about 1.5 CPU-s and 1 s of the grid's start.
+      Off: not started. The dashboard lives in it, so ``dashboard`` starts it
+      regardless; a cluster grid.py joins keeps its own.
+    - ``autoscaler_monitor``: the autoscaler's monitor process, for a Ray instance
+      grid.py starts itself. One machine with fixed resources has nothing to scale; it
+      cost about 0.8 CPU-s at start, and Ray 2.60's shutdown waits on it
+      (:func:`orchestration.cluster.disconnect`). Off: not started, unless
+      ``dashboard`` is on (the dashboard shows the monitor's cluster status).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -65,6 +75,8 @@ class RaySettings:
     dashboard: bool = False
     tune_tensorboard: bool = False
     prestart_workers: bool = False
+    api_server: bool = False
+    autoscaler_monitor: bool = False
     preload_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -84,6 +96,6 @@ class RaySettings:
 RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
     dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
-    dashboard=True, tune_tensorboard=True, prestart_workers=True,
+    dashboard=True, tune_tensorboard=True, prestart_workers=True, api_server=True, autoscaler_monitor=True,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""

@@ -1,6 +1,7 @@
 """grid.py starts Ray while a thread imports the Tune layer: the two share no first
 import (so Python's import locks cannot deadlock), an import failure is raised after
-disconnecting, and the settings reach ray.init."""
+disconnecting, the settings reach ray.init, and grid.py's own instance leaves out
+the head processes it never uses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from orchestration.cluster import SHARED_FIRST_IMPORTS, system_config
+from orchestration.cluster import SHARED_FIRST_IMPORTS, skipped_head_processes, system_config
 from orchestration.settings import RAY_DEFAULTS, RaySettings
 from tests.ray_cluster import REPO
 
@@ -22,22 +23,39 @@ from orchestration.cluster import connect, disconnect, import_shared_first, star
 from orchestration.settings import RaySettings
 import_shared_first()
 before = set(sys.modules)
+processes = []
 if sys.argv[1] in ("start", "join"):
+    from ray._private.node import Node
+    methods = (Node.start_api_server, Node.start_monitor)
     connection = start_private(RaySettings()) if sys.argv[1] == "start" else connect(RaySettings())
     new = set(sys.modules) - before
+    import ray
+    processes = sorted(ray._private.worker._global_node.all_processes) if connection.started_here else []
+    restored = (Node.start_api_server, Node.start_monitor) == methods
     disconnect(connection)
+    assert restored, "start_private left Ray's Node patched"
 else:
     import orchestration.tuning
     new = set(sys.modules) - before
-print(json.dumps(sorted(new)))
+print(json.dumps({"new": sorted(new), "processes": processes}))
 """
 
 
-def _new_modules(what: str, env: dict[str, str] | None = None) -> set[str]:
+def _run(what: str, env: dict[str, str] | None = None) -> dict[str, list[str]]:
     out = subprocess.run([sys.executable, "-c", NEW_MODULES, what], cwd=REPO, capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _new_modules(what: str, env: dict[str, str] | None = None) -> set[str]:
+    return set(_run(what, env)["new"])
+
+
+@functools.cache
+def _started() -> dict[str, list[str]]:
+    """What start_private imported and which processes its instance runs (one start)."""
+    return _run("start")
 
 
 @functools.cache
@@ -48,7 +66,7 @@ def _tune_modules() -> frozenset[str]:
 def test_starting_ray_and_importing_tune_share_no_first_import():
     """A Ray upgrade that changes what either side imports fails here, naming the
     modules to add to SHARED_FIRST_IMPORTS."""
-    by_start = _new_modules("start")
+    by_start = set(_started()["new"])
     assert "ray.tune" in _tune_modules() and by_start  # each side did import something
     assert sorted(by_start & _tune_modules()) == []
     for name in SHARED_FIRST_IMPORTS:  # none has moved (import_shared_first skips a missing one)
@@ -59,6 +77,20 @@ def test_joining_a_cluster_and_importing_tune_share_no_first_import(ray_cluster)
     """The path of `ray job submit` and of a cluster started with `ray start`."""
     by_join = _new_modules("join", {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs})
     assert sorted(by_join & _tune_modules()) == []
+
+
+def test_grid_pys_own_ray_runs_no_api_server_or_autoscaler_monitor():
+    """What a private instance runs (Ray's process types), and Ray's Node restored after."""
+    processes = set(_started()["processes"])
+    assert {"gcs_server", "raylet", "log_monitor"} <= processes
+    assert not processes & {"dashboard", "monitor"}
+
+
+def test_settings_name_the_head_processes_to_leave_out():
+    assert skipped_head_processes(RaySettings()) == ("start_api_server", "start_monitor")
+    assert skipped_head_processes(RaySettings(autoscaler_monitor=True)) == ("start_api_server",)
+    assert skipped_head_processes(RaySettings(dashboard=True)) == ()  # it runs in the API server
+    assert skipped_head_processes(RAY_DEFAULTS) == ()
 
 
 FAILING_IMPORT = """

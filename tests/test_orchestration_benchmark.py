@@ -41,6 +41,13 @@ def test_grid_ab_table_puts_both_sides_side_by_side():
     assert "| ray::ImplicitFunc | 9.6 | 6.1 | 692 | 221 |" in table
 
 
+def test_grid_ab_pairs_each_repeat_in_order():
+    from benchmarks.grid_ab import _paired_ratios
+
+    runs = {"base": [{"wall_s": 10.0}, {"wall_s": 20.0}], "this tree": [{"wall_s": 9.0}, {"wall_s": 19.0}]}
+    assert _paired_ratios(runs) == [0.9, 0.95]
+
+
 def test_grid_ab_refuses_an_unknown_revision():
     from tests.ray_cluster import REPO
 
