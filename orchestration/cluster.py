@@ -89,11 +89,13 @@ def _head_without(methods: tuple[str, ...]) -> Iterator[None]:
     """While the block runs, the named start methods of Ray's ``Node`` start nothing.
 
     ``ray.init()`` has no switch for these head processes (``ray start`` has
-    ``--no-monitor``, none for the API server); Ray 2.60's ``Node`` starts each through
-    its own method and copes with its absence (``ray start --no-monitor`` and a minimal
-    install take the same paths). Restored on exit, so joining or starting Ray later in
-    this process behaves as Ray's own. tests/test_cluster.py checks that the methods
-    exist and what a started instance runs.
+    ``--no-monitor``, none for the API server). Ray 2.60's ``Node`` starts each through
+    its own method and goes on without it: ``ray start --no-monitor`` takes that path
+    for the monitor, and what the API server serves (the dashboard, the Jobs API, the
+    state API) is not used by a grid on an instance of its own without a dashboard.
+    Restored on exit, so joining or starting Ray later in this process behaves as
+    Ray's own. tests/test_cluster.py starts an instance this way and checks what it
+    runs and that the methods are restored.
     """
     node_class = ray._private.node.Node
     saved = {name: getattr(node_class, name) for name in methods}  # AttributeError: Ray moved one
