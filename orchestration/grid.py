@@ -58,8 +58,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--compile", help="torch.compile mode for the training step: default, reduce-overhead "
                    "(CUDA graphs), max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--dashboard", action="store_true",
-                   help="start Ray's dashboard, and the API server behind it and `ray list`, with the "
-                   "local Ray instance (off: they slow start-up); a cluster grid.py joins keeps its own")
+                   help="start Ray's dashboard and the API server behind it (`ray list`, the Jobs API) with "
+                   "the local Ray instance (off: they slow start-up); a cluster grid.py joins keeps its own")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress reports")
     # Test-only fault injection, hidden from --help (see _parse_fault).
     p.add_argument("--inject-fault", help=argparse.SUPPRESS, default=None)
