@@ -12,12 +12,12 @@ import dataclasses
 import importlib
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 import ray
-import ray._private.node
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from orchestration.node_start import adapted_node
 from orchestration.plan import ClusterResources
 from orchestration.settings import RaySettings
 from orchestration.store import ArtifactStore
@@ -58,7 +58,7 @@ def connect(settings: RaySettings = RaySettings()) -> Connection:
 def start_private(settings: RaySettings) -> Connection:
     """Start a Ray instance for this process alone; a dashboard, if asked for, listens
     on 127.0.0.1 only."""
-    with _head_without(skipped_head_processes(settings)):
+    with adapted_node(settings):
         context = ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=settings.dashboard,
                            log_to_driver=True, _system_config=system_config(settings))
     dashboard = (f"dashboard at http://{context.dashboard_url}" if settings.dashboard
@@ -73,43 +73,6 @@ def system_config(settings: RaySettings) -> dict[str, Any]:
     if settings.preload_modules:
         config["preload_python_modules"] = list(settings.preload_modules)
     return config
-
-
-def skipped_head_processes(settings: RaySettings) -> tuple[str, ...]:
-    """The methods of Ray's ``Node`` that :func:`start_private` leaves out: each starts
-    a head process ``settings`` turns off (see :class:`RaySettings`)."""
-    if settings.dashboard:  # it runs inside the API server and shows the monitor's cluster status
-        return ()
-    return tuple(method for method, wanted in (("start_api_server", settings.api_server),
-                                               ("start_monitor", settings.autoscaler_monitor)) if not wanted)
-
-
-@contextlib.contextmanager
-def _head_without(methods: tuple[str, ...]) -> Iterator[None]:
-    """While the block runs, the named start methods of Ray's ``Node`` start nothing.
-
-    ``ray.init()`` has no switch for these head processes (``ray start`` has
-    ``--no-monitor``, none for the API server). Ray 2.60's ``Node`` starts each through
-    its own method and goes on without it: ``ray start --no-monitor`` takes that path
-    for the monitor, and what the API server serves (the dashboard, the Jobs API, the
-    state API) is not used by a grid on an instance of its own without a dashboard.
-    Restored on exit, so joining or starting Ray later in this process behaves as
-    Ray's own. tests/test_cluster.py starts an instance this way and checks what it
-    runs and that the methods are restored.
-    """
-    node_class = ray._private.node.Node
-    saved = {name: getattr(node_class, name) for name in methods}  # AttributeError: Ray moved one
-    for name in methods:
-        setattr(node_class, name, _start_nothing)
-    try:
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(node_class, name, method)
-
-
-def _start_nothing(self: Any, *args: Any, **kwargs: Any) -> None:
-    del self, args, kwargs
 
 
 def import_shared_first() -> None:

@@ -58,6 +58,10 @@ class RaySettings:
       cost about 0.8 CPU-s at start, and Ray 2.60's shutdown waits on it
       (:func:`orchestration.cluster.disconnect`). Off: not started, unless
       ``dashboard`` is on (the dashboard shows the monitor's cluster status).
+    - ``prompt_raylet_wait``: for a Ray instance grid.py starts itself, ``ray.init()``
+      learns within 20 ms that the raylet has registered, instead of at Ray's next
+      once-a-second retry, which cost 0.5 s of idle CPUs per start on average
+      (:mod:`orchestration.node_start`).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -77,6 +81,7 @@ class RaySettings:
     prestart_workers: bool = False
     api_server: bool = False
     autoscaler_monitor: bool = False
+    prompt_raylet_wait: bool = True
     preload_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -97,5 +102,6 @@ RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
     dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
     dashboard=True, tune_tensorboard=True, prestart_workers=True, api_server=True, autoscaler_monitor=True,
+    prompt_raylet_wait=False,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""

@@ -1,7 +1,7 @@
 """grid.py starts Ray while a thread imports the Tune layer: the two share no first
 import (so Python's import locks cannot deadlock), an import failure is raised after
 disconnecting, the settings reach ray.init, and grid.py's own instance leaves out
-the head processes it never uses."""
+the head processes it never uses and sees its raylet as soon as it registers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import json
 import subprocess
 import sys
 
-from orchestration.cluster import SHARED_FIRST_IMPORTS, skipped_head_processes, system_config
+from orchestration.cluster import SHARED_FIRST_IMPORTS, system_config
+from orchestration.node_start import skipped_head_processes
 from orchestration.settings import RAY_DEFAULTS, RaySettings
 from tests.ray_cluster import REPO
 
@@ -24,20 +25,32 @@ from orchestration.settings import RaySettings
 import_shared_first()
 before = set(sys.modules)
 processes = []
+asked = []  # per call of Ray's once-a-second node lookup: was the node already there?
 if sys.argv[1] in ("start", "join"):
+    import ray._private.services as services
     from ray._private.node import Node
-    methods = (Node.start_api_server, Node.start_monitor)
+    from ray._raylet import GcsClient, NodeID
+    from orchestration.node_start import await_registered
+
+    def get_node(gcs_address, node_id, lookup=services.get_node):
+        asked.append(await_registered(GcsClient(address=gcs_address), node_id, timeout_s=0))
+        return lookup(gcs_address, node_id)
+
+    services.get_node = get_node
+    methods = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes)
     connection = start_private(RaySettings()) if sys.argv[1] == "start" else connect(RaySettings())
     new = set(sys.modules) - before
     import ray
     processes = sorted(ray._private.worker._global_node.all_processes) if connection.started_here else []
-    restored = (Node.start_api_server, Node.start_monitor) == methods
+    restored = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes) == methods
+    unknown = await_registered(ray._private.worker._global_node.get_gcs_client(), NodeID.from_random().hex(),
+                               timeout_s=0.1) if connection.started_here else None
     disconnect(connection)
     assert restored, "start_private left Ray's Node patched"
 else:
     import orchestration.tuning
-    new = set(sys.modules) - before
-print(json.dumps({"new": sorted(new), "processes": processes}))
+    new, unknown = set(sys.modules) - before, None
+print(json.dumps({"new": sorted(new), "processes": processes, "asked": asked, "unknown": unknown}))
 """
 
 
@@ -84,6 +97,15 @@ def test_grid_pys_own_ray_runs_no_api_server_or_autoscaler_monitor():
     processes = set(_started()["processes"])
     assert {"gcs_server", "raylet", "log_monitor"} <= processes
     assert not processes & {"dashboard", "monitor"}
+
+
+def test_grid_pys_own_ray_finds_its_raylet_registered_on_rays_first_lookup():
+    """Ray's lookup of the new node retries once a second; node_start waits for the
+    raylet first, so the lookup finds it at once. A node that never registers is
+    waited for only as long as asked."""
+    started = _started()
+    assert started["asked"] == [True]
+    assert started["unknown"] is False
 
 
 def test_settings_name_the_head_processes_to_leave_out():
