@@ -6,8 +6,10 @@ user runs it) alternates between that tree and this working tree, ``--repeats`` 
 each (order swapped every repeat). Both run with this checkout's virtual
 environment; ``PYTHONPATH`` points each run (and so its Ray workers) at its tree.
 Prints each side's median wall time and, per process kind, median CPU-seconds and
-peak resident memory of one process (``CpuByProcess`` from ``orchestration.py``), and
-each repeat's wall ratio (this tree ÷ base; the pair ran back to back).
+peak resident memory of one process (``CpuByProcess`` from ``orchestration.py``),
+each repeat's wall ratio (this tree ÷ base; the pair ran back to back), and how much
+sooner or later Ray was up in each pair (from grid.py's launch to its line saying so:
+a change to Ray's start shows there without the trials' noise).
 
 Run: ``python benchmarks/grid_ab.py --base HEAD~1 [--repeats 4]``; results in
 benchmarks/results/grid_ab.json.
@@ -16,6 +18,7 @@ benchmarks/results/grid_ab.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import subprocess
@@ -30,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import REPO_ROOT, format_header, log, machine_info, markdown_table, write_json  # noqa: E402
 from benchmarks.orchestration import SMOKE, CpuByProcess  # noqa: E402
 
+# What grid.py prints once connected (orchestration.cluster): Ray is up from here on.
+RAY_UP_LINES = ("started a local Ray instance", "joined the Ray cluster")
+
 
 def smoke_grid(tree: Path) -> dict[str, Any]:
     """One smoke grid from ``tree`` into a fresh artifacts root: wall s, CPU-s and peak MiB by kind."""
@@ -37,11 +43,27 @@ def smoke_grid(tree: Path) -> dict[str, Any]:
     env["PYTHONPATH"] = str(tree)
     with tempfile.TemporaryDirectory() as out, CpuByProcess() as cpu:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "orchestration/grid.py", "--config", str(SMOKE.relative_to(REPO_ROOT)),
-                        "--artifacts", out, "--progress-interval", "1000"],
-                       cwd=tree, env=env, check=True, capture_output=True)
+        ray_up = _run_noting_ray_up([sys.executable, "orchestration/grid.py", "--config",
+                                     str(SMOKE.relative_to(REPO_ROOT)), "--artifacts", out,
+                                     "--progress-interval", "1000"], tree, env)
         wall = time.perf_counter() - start
-    return {"wall_s": wall, "cpu_s": cpu.totals(), "peak_rss_mib": cpu.peak_rss_mib()}
+    return {"wall_s": wall, "ray_up_s": ray_up, "cpu_s": cpu.totals(), "peak_rss_mib": cpu.peak_rss_mib()}
+
+
+def _run_noting_ray_up(cmd: list[str], cwd: Path, env: dict[str, str]) -> float | None:
+    """Run grid.py ``cmd`` to the end: seconds until it said Ray is up (None if it never
+    did). Raises ``CalledProcessError``, with the output's end, if it failed."""
+    start, ray_up = time.perf_counter(), None
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            if ray_up is None and line.startswith(RAY_UP_LINES):
+                ray_up = time.perf_counter() - start
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, "".join(tail))
+    return ray_up
 
 
 def _median(runs: list[dict[str, Any]], field: str, kind: str) -> float:
@@ -51,8 +73,9 @@ def _median(runs: list[dict[str, Any]], field: str, kind: str) -> float:
 def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
     base, head = runs["base"], runs["this tree"]
     kinds = sorted({k for r in base + head for k in r["cpu_s"]}, key=lambda k: -_median(head, "cpu_s", k))
-    rows = [["wall s", f"{statistics.median(r['wall_s'] for r in base):.1f}",
-             f"{statistics.median(r['wall_s'] for r in head):.1f}", "", ""]]
+    rows = [[label, f"{statistics.median(r[field] for r in base):.1f}", f"{statistics.median(r[field] for r in head):.1f}",
+             "", ""] for label, field in (("wall s", "wall_s"), ("Ray up s (after grid.py started)", "ray_up_s"))
+            if all(r.get(field) is not None for r in base + head)]
     rows += [[kind, f"{_median(base, 'cpu_s', kind):.1f}", f"{_median(head, 'cpu_s', kind):.1f}",
               f"{_median(base, 'peak_rss_mib', kind):.0f}", f"{_median(head, 'peak_rss_mib', kind):.0f}"]
              for kind in kinds]
@@ -63,6 +86,12 @@ def _paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> list[float]:
     """This tree's wall ÷ base's, per repeat: the two ran back to back, so a slow spell
     of the machine mostly cancels out, which the medians of each side do not."""
     return [h["wall_s"] / b["wall_s"] for b, h in zip(runs["base"], runs["this tree"])]
+
+
+def _paired_differences(runs: dict[str, list[dict[str, Any]]], field: str) -> list[float]:
+    """This tree's ``field`` minus base's, per repeat (seconds; pairs missing it left out)."""
+    return [h[field] - b[field] for b, h in zip(runs["base"], runs["this tree"])
+            if h.get(field) is not None and b.get(field) is not None]
 
 
 def main() -> int:
@@ -93,7 +122,12 @@ def main() -> int:
     ratios = _paired_ratios(runs)
     print(f"\nthis tree ÷ base wall, each repeat's back-to-back pair: {', '.join(f'{r:.2f}' for r in ratios)}"
           f" (median {statistics.median(ratios):.2f})")
-    print(f"wrote {write_json('grid_ab', {'info': info, 'runs': runs, 'paired_wall_ratios': ratios})}")
+    ray_up = _paired_differences(runs, "ray_up_s")
+    if ray_up:
+        print(f"this tree − base, seconds until Ray was up, each pair: {', '.join(f'{d:+.2f}' for d in ray_up)}"
+              f" (median {statistics.median(ray_up):+.2f})")
+    result = {"info": info, "runs": runs, "paired_wall_ratios": ratios, "paired_ray_up_differences_s": ray_up}
+    print(f"wrote {write_json('grid_ab', result)}")
     return 0
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from benchmarks.orchestration import CpuByProcess, _kind
 
@@ -39,13 +42,30 @@ def test_grid_ab_table_puts_both_sides_side_by_side():
     table = _table({"base": [run(70, 9.7, 694), run(68, 9.5, 690)], "this tree": [run(64, 6.1, 221)]})
     assert "| wall s | 69.0 | 64.0 |" in table
     assert "| ray::ImplicitFunc | 9.6 | 6.1 | 692 | 221 |" in table
+    assert "Ray up" not in table  # results from before grid_ab timed it
+    timed = _table({"base": [{**run(70, 9.7, 694), "ray_up_s": 3.9}], "this tree": [{**run(64, 6.1, 221), "ray_up_s": 3.1}]})
+    assert "| Ray up s (after grid.py started) | 3.9 | 3.1 |" in timed
 
 
 def test_grid_ab_pairs_each_repeat_in_order():
-    from benchmarks.grid_ab import _paired_ratios
+    from benchmarks.grid_ab import _paired_differences, _paired_ratios
 
     runs = {"base": [{"wall_s": 10.0}, {"wall_s": 20.0}], "this tree": [{"wall_s": 9.0}, {"wall_s": 19.0}]}
     assert _paired_ratios(runs) == [0.9, 0.95]
+    runs["base"][0]["ray_up_s"], runs["this tree"][0]["ray_up_s"] = 4.0, 3.25
+    assert _paired_differences(runs, "ray_up_s") == [-0.75]  # the pair without it is left out
+
+
+def test_grid_ab_notes_when_grid_py_said_ray_is_up(tmp_path):
+    from benchmarks.grid_ab import _run_noting_ray_up
+
+    script = "import time; print('plan', flush=True); time.sleep(0.3); print('started a local Ray instance with 2 CPUs')"
+    ray_up = _run_noting_ray_up([sys.executable, "-c", script], tmp_path, dict(os.environ))
+    assert ray_up is not None and ray_up >= 0.3
+    assert _run_noting_ray_up([sys.executable, "-c", "print('no Ray')"], tmp_path, dict(os.environ)) is None
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        _run_noting_ray_up([sys.executable, "-c", "print('bad config'); raise SystemExit(2)"], tmp_path, dict(os.environ))
+    assert "bad config" in failed.value.output
 
 
 def test_grid_ab_refuses_an_unknown_revision():
