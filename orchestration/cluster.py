@@ -1,7 +1,7 @@
 """Join or start Ray, leave it, and check what the cluster offers: Ray core only, no Tune.
 
 grid.py starts its own Ray (:func:`connect_while_importing`) while a thread imports
-the Tune layer: ``ray.init()`` spends most of its 3–4 s waiting for the processes it
+the Tune layer: ``ray.init()`` spends most of its 1.5–2.5 s waiting for the processes it
 starts, and importing Ray Tune costs the driver about 1.2 CPU-s.
 """
 
