@@ -73,9 +73,11 @@ def _median(runs: list[dict[str, Any]], field: str, kind: str) -> float:
 def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
     base, head = runs["base"], runs["this tree"]
     kinds = sorted({k for r in base + head for k in r["cpu_s"]}, key=lambda k: -_median(head, "cpu_s", k))
-    rows = [[label, f"{statistics.median(r[field] for r in base):.1f}", f"{statistics.median(r[field] for r in head):.1f}",
-             "", ""] for label, field in (("wall s", "wall_s"), ("Ray up s (after grid.py started)", "ray_up_s"))
-            if all(r.get(field) is not None for r in base + head)]
+    rows = []
+    for label, field in (("wall s", "wall_s"), ("Ray up s (after grid.py started)", "ray_up_s")):
+        if all(r.get(field) is not None for r in base + head):  # results from before ray_up_s lack it
+            medians = [f"{statistics.median(r[field] for r in side):.1f}" for side in (base, head)]
+            rows.append([label, *medians, "", ""])
     rows += [[kind, f"{_median(base, 'cpu_s', kind):.1f}", f"{_median(head, 'cpu_s', kind):.1f}",
               f"{_median(base, 'peak_rss_mib', kind):.0f}", f"{_median(head, 'peak_rss_mib', kind):.0f}"]
              for kind in kinds]

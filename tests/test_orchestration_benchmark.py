@@ -43,7 +43,8 @@ def test_grid_ab_table_puts_both_sides_side_by_side():
     assert "| wall s | 69.0 | 64.0 |" in table
     assert "| ray::ImplicitFunc | 9.6 | 6.1 | 692 | 221 |" in table
     assert "Ray up" not in table  # results from before grid_ab timed it
-    timed = _table({"base": [{**run(70, 9.7, 694), "ray_up_s": 3.9}], "this tree": [{**run(64, 6.1, 221), "ray_up_s": 3.1}]})
+    timed = _table({"base": [{**run(70, 9.7, 694), "ray_up_s": 3.9}],
+                    "this tree": [{**run(64, 6.1, 221), "ray_up_s": 3.1}]})
     assert "| Ray up s (after grid.py started) | 3.9 | 3.1 |" in timed
 
 
@@ -59,12 +60,14 @@ def test_grid_ab_pairs_each_repeat_in_order():
 def test_grid_ab_notes_when_grid_py_said_ray_is_up(tmp_path):
     from benchmarks.grid_ab import _run_noting_ray_up
 
-    script = "import time; print('plan', flush=True); time.sleep(0.3); print('started a local Ray instance with 2 CPUs')"
-    ray_up = _run_noting_ray_up([sys.executable, "-c", script], tmp_path, dict(os.environ))
+    def run(script: str) -> float | None:
+        return _run_noting_ray_up([sys.executable, "-c", script], tmp_path, dict(os.environ))
+
+    ray_up = run("import time; print('plan', flush=True); time.sleep(0.3); print('started a local Ray instance')")
     assert ray_up is not None and ray_up >= 0.3
-    assert _run_noting_ray_up([sys.executable, "-c", "print('no Ray')"], tmp_path, dict(os.environ)) is None
+    assert run("print('no Ray')") is None
     with pytest.raises(subprocess.CalledProcessError) as failed:
-        _run_noting_ray_up([sys.executable, "-c", "print('bad config'); raise SystemExit(2)"], tmp_path, dict(os.environ))
+        run("print('bad config'); raise SystemExit(2)")
     assert "bad config" in failed.value.output
 
 
