@@ -55,6 +55,10 @@ def connect(settings: RaySettings = RaySettings()) -> Connection:
     return start_private(settings)
 
 
+# Ray's default: 10 attempts, 1 s apart. The same 10 s in all, 20 ms apart.
+SOCKET_RETRY = {"raylet_client_connect_timeout_milliseconds": 20, "raylet_client_num_connect_attempts": 500}
+
+
 def start_private(settings: RaySettings) -> Connection:
     """Start a Ray instance for this process alone; a dashboard, if asked for, listens
     on 127.0.0.1 only."""
@@ -70,6 +74,8 @@ def start_private(settings: RaySettings) -> Connection:
 def system_config(settings: RaySettings) -> dict[str, Any]:
     """The ``_system_config`` of a Ray instance :func:`start_private` starts."""
     config: dict[str, Any] = {"prestart_worker_first_driver": settings.prestart_workers}
+    if settings.prompt_socket_retry:
+        config.update(SOCKET_RETRY)
     if settings.preload_modules:
         config["preload_python_modules"] = list(settings.preload_modules)
     return config

@@ -62,6 +62,14 @@ class RaySettings:
       learns within 20 ms that the raylet has registered, instead of at Ray's next
       once-a-second retry, which cost 0.5 s of idle CPUs per start on average
       (:mod:`orchestration.node_start`).
+    - ``prompt_socket_retry``: for a Ray instance grid.py starts itself, how soon a Ray
+      process retries connecting to a local socket that is not listening yet. The
+      raylet connects to its object store as soon as it has started the store's
+      thread; in 28% of the starts measured here the store was not listening yet, and
+      Ray retried a second later, the CPUs idle meanwhile. On: every 20 ms, for the
+      same 10 s in all (Ray's
+      ``raylet_client_connect_timeout_milliseconds`` and
+      ``raylet_client_num_connect_attempts``).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -82,6 +90,7 @@ class RaySettings:
     api_server: bool = False
     autoscaler_monitor: bool = False
     prompt_raylet_wait: bool = True
+    prompt_socket_retry: bool = True
     preload_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -102,6 +111,6 @@ RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
     dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
     dashboard=True, tune_tensorboard=True, prestart_workers=True, api_server=True, autoscaler_monitor=True,
-    prompt_raylet_wait=False,
+    prompt_raylet_wait=False, prompt_socket_retry=False,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""

@@ -1,7 +1,8 @@
 """grid.py starts Ray while a thread imports the Tune layer: the two share no first
 import (so Python's import locks cannot deadlock), an import failure is raised after
 disconnecting, the settings reach ray.init, and grid.py's own instance leaves out
-the head processes it never uses and sees its raylet as soon as it registers."""
+the head processes it never uses, sees its raylet as soon as it registers, and
+retries its local sockets promptly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from orchestration.cluster import SHARED_FIRST_IMPORTS, system_config
+from orchestration.cluster import SHARED_FIRST_IMPORTS, SOCKET_RETRY, system_config
 from orchestration.node_start import skipped_head_processes
 from orchestration.settings import RAY_DEFAULTS, RaySettings
 from tests.ray_cluster import REPO
@@ -45,12 +46,14 @@ if sys.argv[1] in ("start", "join"):
     restored = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes) == methods
     unknown = await_registered(ray._private.worker._global_node.get_gcs_client(), NodeID.from_random().hex(),
                                timeout_s=0.1) if connection.started_here else None
+    config = ray._raylet.Config  # as the GCS handed it to this driver, and to the raylet
+    retry = [config.raylet_client_connect_timeout_milliseconds(), config.raylet_client_num_connect_attempts()]
     disconnect(connection)
     assert restored, "start_private left Ray's Node patched"
 else:
     import orchestration.tuning
-    new, unknown = set(sys.modules) - before, None
-print(json.dumps({"new": sorted(new), "processes": processes, "asked": asked, "unknown": unknown}))
+    new, unknown, retry = set(sys.modules) - before, None, None
+print(json.dumps({"new": sorted(new), "processes": processes, "asked": asked, "unknown": unknown, "retry": retry}))
 """
 
 
@@ -108,6 +111,13 @@ def test_grid_pys_own_ray_finds_its_raylet_registered_on_rays_first_lookup():
     assert started["unknown"] is False
 
 
+def test_grid_pys_own_ray_retries_its_local_sockets_every_20_ms():
+    """The raylet's first connect to its just-started object store misses; Ray's own
+    retry comes a second later. The instance got the prompt retry, for Ray's 10 s."""
+    assert _started()["retry"] == [20, 500]
+    assert system_config(RAY_DEFAULTS).keys().isdisjoint(SOCKET_RETRY)
+
+
 def test_settings_name_the_head_processes_to_leave_out():
     assert skipped_head_processes(RaySettings()) == ("start_api_server", "start_monitor")
     assert skipped_head_processes(RaySettings(autoscaler_monitor=True)) == ("start_api_server",)
@@ -134,7 +144,7 @@ def test_a_failed_import_is_raised_after_disconnecting(ray_cluster):
 
 
 def test_grid_py_leaves_out_rays_idle_workers_which_tune_trials_never_use():
-    assert system_config(RaySettings()) == {"prestart_worker_first_driver": False}
+    assert system_config(RaySettings(prompt_socket_retry=False)) == {"prestart_worker_first_driver": False}
     assert system_config(RAY_DEFAULTS) == {"prestart_worker_first_driver": True}
     preload = system_config(RaySettings(preload_modules=("torch",)))
     assert preload["preload_python_modules"] == ["torch"]
