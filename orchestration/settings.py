@@ -67,8 +67,7 @@ class RaySettings:
       raylet connects to its object store as soon as it has started the store's
       thread; in 28% of the starts measured here the store was not listening yet, and
       Ray retried a second later, the CPUs idle meanwhile. On: every 20 ms, for the
-      same 10 s in all (Ray's
-      ``raylet_client_connect_timeout_milliseconds`` and
+      same 10 s in all (Ray's ``raylet_client_connect_timeout_milliseconds`` and
       ``raylet_client_num_connect_attempts``).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,

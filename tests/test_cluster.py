@@ -112,8 +112,8 @@ def test_grid_pys_own_ray_finds_its_raylet_registered_on_rays_first_lookup():
 
 
 def test_grid_pys_own_ray_retries_its_local_sockets_every_20_ms():
-    """The raylet's first connect to its just-started object store misses; Ray's own
-    retry comes a second later. The instance got the prompt retry, for Ray's 10 s."""
+    """The raylet's first connect to its just-started object store can miss, and Ray's
+    own retry comes a second later. The instance got the prompt retry, for Ray's 10 s."""
     assert _started()["retry"] == [20, 500]
     assert system_config(RAY_DEFAULTS).keys().isdisjoint(SOCKET_RETRY)
 
