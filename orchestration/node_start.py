@@ -11,22 +11,30 @@ tests/test_cluster.py starts an instance this way and checks the outcome):
   the new node through a call that, while the node is missing, retries once a second,
   so ``ray.init()`` waited for whole seconds (2.0, 2.0, 3.0 s measured) with the CPUs
   idle after the raylet had registered. :func:`_then_await_raylet` polls the GCS every
-  20 ms first, and Ray's call finds the node on its first try.
+  20 ms first, and Ray's call finds the node on its first try;
+- whether the dashboard's packages are installed is looked up, not imported
+  (:func:`dashboard_dependency_error`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import time
 from typing import Any, Callable, Iterator
 
 import ray._private.node
+import ray._private.utils
 
 from orchestration.settings import RaySettings
 
 RAYLET_POLL_S = 0.02
 RAYLET_WAIT_S = 30.0  # Ray's own raylet_start_wait_time_s; past it, Ray's own check reports
+
+# The top-level packages ray/dashboard/optional_deps.py imports in Ray 2.60: what
+# ray[default] adds (tests/test_cluster.py reads that file again).
+DASHBOARD_DEPS = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "prometheus_client", "pydantic")
 
 
 def skipped_head_processes(settings: RaySettings) -> tuple[str, ...]:
@@ -48,17 +56,30 @@ def adapted_node(settings: RaySettings) -> Iterator[None]:
     starting Ray later in this process behaves as Ray's own.
     """
     node_class = ray._private.node.Node
-    replacements: dict[str, Callable[..., Any]] = {name: _start_nothing for name in skipped_head_processes(settings)}
+    replacements: list[tuple[Any, str, Callable[..., Any]]] = [
+        (node_class, name, _start_nothing) for name in skipped_head_processes(settings)]
     if settings.prompt_raylet_wait:
-        replacements["start_ray_processes"] = _then_await_raylet(node_class.start_ray_processes)
-    saved = {name: getattr(node_class, name) for name in replacements}  # AttributeError: Ray moved one
-    for name, method in replacements.items():
-        setattr(node_class, name, method)
+        replacements.append((node_class, "start_ray_processes", _then_await_raylet(node_class.start_ray_processes)))
+    if settings.dashboard_deps_lookup:
+        replacements.append((ray._private.utils, "get_dashboard_dependency_error", dashboard_dependency_error))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]  # AttributeError: Ray moved one
+    for owner, name, replacement in replacements:
+        setattr(owner, name, replacement)
     try:
         yield
     finally:
-        for name, method in saved.items():
-            setattr(node_class, name, method)
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def dashboard_dependency_error() -> ImportError | None:
+    """Ray's ``get_dashboard_dependency_error()`` without importing the packages: the
+    error for the first of :data:`DASHBOARD_DEPS` not installed, else None. Ray imports
+    them all to find out (about 0.3 CPU-s), and a driver without dashboard uses none."""
+    for name in DASHBOARD_DEPS:
+        if importlib.util.find_spec(name) is None:
+            return ImportError(f"No module named '{name}'", name=name)
+    return None
 
 
 def _start_nothing(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -69,6 +69,12 @@ class RaySettings:
       Ray retried a second later, the CPUs idle meanwhile. On: every 20 ms, for the
       same 10 s in all (Ray's ``raylet_client_connect_timeout_milliseconds`` and
       ``raylet_client_num_connect_attempts``).
+    - ``dashboard_deps_lookup``: for a Ray instance grid.py starts itself, how
+      ``ray.init()`` learns whether the dashboard's packages are installed (which
+      decides how the raylet runs its dashboard agent). Ray imports them all (aiohttp,
+      gRPC, OpenTelemetry, …), about 0.3 CPU-s in grid.py's driver on the way to
+      starting the raylet, and the driver never uses them. On: looked up without
+      importing (:func:`orchestration.node_start.dashboard_dependency_error`).
     - ``preload_modules``: modules Ray's idle worker processes import before they are
       handed out (Ray's ``preload_python_modules``). Off by default: measured here,
       preloading torch made trials slower (every helper process then imports torch too,
@@ -90,6 +96,7 @@ class RaySettings:
     autoscaler_monitor: bool = False
     prompt_raylet_wait: bool = True
     prompt_socket_retry: bool = True
+    dashboard_deps_lookup: bool = True
     preload_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -110,6 +117,6 @@ RAY_DEFAULTS = RaySettings(
     reuse_actors=False, health_check_interval_s=2.0, preemption_watcher=True, train_metrics=True,
     dataset_manager=True, gloo_backend=False, shared_result_queue=False, pg_cleaner_actor=True,
     dashboard=True, tune_tensorboard=True, prestart_workers=True, api_server=True, autoscaler_monitor=True,
-    prompt_raylet_wait=False, prompt_socket_retry=False,
+    prompt_raylet_wait=False, prompt_socket_retry=False, dashboard_deps_lookup=False,
 )
 """Ray 2.60's own behaviour, for the benchmark's comparison."""

@@ -1,19 +1,21 @@
 """grid.py starts Ray while a thread imports the Tune layer: the two share no first
 import (so Python's import locks cannot deadlock), an import failure is raised after
 disconnecting, the settings reach ray.init, and grid.py's own instance leaves out
-the head processes it never uses, sees its raylet as soon as it registers, and
-retries its local sockets promptly."""
+the head processes it never uses, sees its raylet as soon as it registers,
+retries its local sockets promptly, and imports none of the dashboard's packages."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from orchestration.cluster import SHARED_FIRST_IMPORTS, SOCKET_RETRY, system_config
-from orchestration.node_start import skipped_head_processes
+from orchestration.node_start import DASHBOARD_DEPS, dashboard_dependency_error, skipped_head_processes
 from orchestration.settings import RAY_DEFAULTS, RaySettings
 from tests.ray_cluster import REPO
 
@@ -38,12 +40,15 @@ if sys.argv[1] in ("start", "join"):
         return lookup(gcs_address, node_id)
 
     services.get_node = get_node
-    methods = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes)
+    import ray._private.utils as utils
+    methods = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes,
+               utils.get_dashboard_dependency_error)
     connection = start_private(RaySettings()) if sys.argv[1] == "start" else connect(RaySettings())
     new = set(sys.modules) - before
     import ray
     processes = sorted(ray._private.worker._global_node.all_processes) if connection.started_here else []
-    restored = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes) == methods
+    restored = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes,
+                utils.get_dashboard_dependency_error) == methods
     unknown = await_registered(ray._private.worker._global_node.get_gcs_client(), NodeID.from_random().hex(),
                                timeout_s=0.1) if connection.started_here else None
     config = ray._raylet.Config  # as the GCS handed it to this driver, and to the raylet
@@ -116,6 +121,26 @@ def test_grid_pys_own_ray_retries_its_local_sockets_every_20_ms():
     own retry comes a second later. The instance got the prompt retry, for Ray's 10 s."""
     assert _started()["retry"] == [20, 500]
     assert system_config(RAY_DEFAULTS).keys().isdisjoint(SOCKET_RETRY)
+
+
+def test_grid_pys_own_ray_start_imports_none_of_the_dashboards_packages():
+    """Ray imports them only to learn whether they are installed; node_start looks."""
+    assert sorted(set(_started()["new"]) & set(DASHBOARD_DEPS)) == []
+
+
+def test_the_dashboard_packages_lookup_agrees_with_rays_import_check(monkeypatch):
+    """The packages are those Ray's check imports (a Ray upgrade that adds one fails
+    here); installed, both checks say so; one missing is named."""
+    source = Path(importlib.util.find_spec("ray.dashboard.optional_deps").origin).read_text()
+    tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert sorted(imported) == sorted(DASHBOARD_DEPS)
+    import ray._private.utils
+    assert dashboard_dependency_error() is None and ray._private.utils.get_dashboard_dependency_error() is None
+    monkeypatch.setattr("orchestration.node_start.DASHBOARD_DEPS", (*DASHBOARD_DEPS, "toynet_no_such_package"))
+    missing = dashboard_dependency_error()
+    assert isinstance(missing, ImportError) and missing.name == "toynet_no_such_package"
 
 
 def test_settings_name_the_head_processes_to_leave_out():
