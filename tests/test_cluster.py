@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ray._private.utils
+
 from orchestration.cluster import SHARED_FIRST_IMPORTS, SOCKET_RETRY, system_config
 from orchestration.node_start import DASHBOARD_DEPS, dashboard_dependency_error, skipped_head_processes
 from orchestration.settings import RAY_DEFAULTS, RaySettings
@@ -41,14 +43,17 @@ if sys.argv[1] in ("start", "join"):
 
     services.get_node = get_node
     import ray._private.utils as utils
-    methods = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes,
-               utils.get_dashboard_dependency_error)
+
+    def patchable():  # what start_private may replace while Ray starts
+        return (Node.start_api_server, Node.start_monitor, Node.start_ray_processes,
+                utils.get_dashboard_dependency_error)
+
+    methods = patchable()
     connection = start_private(RaySettings()) if sys.argv[1] == "start" else connect(RaySettings())
     new = set(sys.modules) - before
     import ray
     processes = sorted(ray._private.worker._global_node.all_processes) if connection.started_here else []
-    restored = (Node.start_api_server, Node.start_monitor, Node.start_ray_processes,
-                utils.get_dashboard_dependency_error) == methods
+    restored = patchable() == methods
     unknown = await_registered(ray._private.worker._global_node.get_gcs_client(), NodeID.from_random().hex(),
                                timeout_s=0.1) if connection.started_here else None
     config = ray._raylet.Config  # as the GCS handed it to this driver, and to the raylet
@@ -136,7 +141,6 @@ def test_the_dashboard_packages_lookup_agrees_with_rays_import_check(monkeypatch
     imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert sorted(imported) == sorted(DASHBOARD_DEPS)
-    import ray._private.utils
     assert dashboard_dependency_error() is None and ray._private.utils.get_dashboard_dependency_error() is None
     monkeypatch.setattr("orchestration.node_start.DASHBOARD_DEPS", (*DASHBOARD_DEPS, "toynet_no_such_package"))
     missing = dashboard_dependency_error()
